@@ -9,7 +9,7 @@ import torch
 
 from zsl_gen.errors import ConfigError, DataError
 from zsl_gen.eval import ClassifierConfig, ClassifierInputs, train_and_evaluate
-from zsl_gen.eval.classifier import _SoftmaxRegression
+from zsl_gen.eval.classifier import _Adam, _SoftmaxRegression
 
 SEEN = torch.tensor([0, 2, 3, 5])
 UNSEEN = torch.tensor([1, 4])
@@ -108,6 +108,26 @@ def test_closed_form_adam_matches_autograd(weight_decay):
         opt.step()
     torch.testing.assert_close(model.weight, ref.weight.detach().T, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.bias, ref.bias.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_direct_fused_adam_is_bit_identical_to_torch_optim(weight_decay):
+    """``_Adam`` skips ``Optimizer.step``'s wrapper but must be exactly ``torch.optim.Adam(fused=True)``."""
+    cfg = ClassifierConfig(lr=3e-3, beta1=0.5, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(6, 4, generator=g), torch.randn(4, generator=g)]
+    ref = [p.clone() for p in ours]
+    adam = _Adam(ours, cfg)
+    assert adam._fallback is None, "this torch build has the fused CPU kernel; the direct path must be used"
+    opt = torch.optim.Adam(ref, lr=3e-3, betas=(0.5, 0.999), eps=1e-8, weight_decay=weight_decay, fused=True)
+    for _ in range(30):
+        grads = [torch.randn(p.shape, generator=g) for p in ours]
+        for p, q, grad in zip(ours, ref, grads):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        adam.step()
+        opt.step()
+    for p, q in zip(ours, ref):
+        assert torch.equal(p, q)
 
 
 @pytest.mark.parametrize("field,value", [
