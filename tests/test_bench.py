@@ -38,3 +38,16 @@ def test_flop_counts_follow_the_layer_shapes():
     through = 2 * (lin(64, d + a, 4096) + lin(64, 4096, 1))
     expected = 5 * (g_fwd + critic) + g_train + through + 2 * lin(64, d, s)
     assert step_flops("fclswgan", hp, d, a, s) == expected
+
+
+def test_official_style_loops_are_timed_for_the_speed_up(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["--methods", "fclswgan,cadavae", "--datasets", "CUB", "--tiny", "--steps", "2", "--warmup", "1",
+          "--device", "cpu", "--official", "--out", str(out)])
+    cases = json.loads(out.read_text())
+    assert [c["method"] for c in cases] == ["fclswgan", "cadavae"]
+    for case in cases:
+        assert "error" not in case, case.get("error")
+        assert case["official_style_s_per_epoch"] > 0 and case["official_style_classifier_s"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "official-style s/epoch" in table

@@ -328,6 +328,111 @@ def official_style_classifier(inputs, cfg, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
+# ---- the official-style generator loops (reference for the per-epoch speed-up) ------------------------
+OFFICIAL_STYLE_METHODS = ("fclswgan", "cadavae")
+
+
+def official_style_step_s(method: str, system, data, steps: int, warmup: int) -> float | None:
+    """Mean seconds of one training step written the way the official code writes it, fp32, on this machine.
+
+    The same networks (deep copies of ``system``'s, so the same shapes and initialisation), the same batch
+    size and hyper-parameters, the official loop structure:
+
+    - f-CLSWGAN (``clswgan.py``): per generator step, ``critic_steps`` critic updates, each on its own batch
+      copied into preallocated input tensors, with three separate backward passes (``D(real)``,
+      ``D(fake.detach())``, the gradient penalty); ``requires_grad`` toggled on the critic; then the generator
+      update through the frozen critic and the frozen seen-class classifier. ``torch.optim.Adam`` with its
+      default implementation.
+    - CADA-VAE (``model.py``): one batch, both encoders, four separate decoder calls (reconstructions and
+      cross-reconstructions), the summed losses with every term on, one AMSGrad ``torch.optim.Adam``.
+
+    Returns ``None`` for methods without an official-style loop here.
+    """
+    import copy
+
+    import torch.nn.functional as F
+
+    from zsl_gen.losses import cada as CL
+
+    if method not in OFFICIAL_STYLE_METHODS:
+        return None
+    torch.manual_seed(0)
+    hp = system.hparams
+    x_all, y_all, sem = data.train_x, data.train_y, data.semantics
+    n, b = x_all.shape[0], int(hp.batch_size)
+    input_x = torch.empty(b, x_all.shape[1])
+    input_a = torch.empty(b, sem.shape[1])
+    input_y = torch.empty(b, dtype=torch.long)
+
+    def sample() -> None:  # the official next_batch: a random batch copied into the preallocated inputs
+        idx = torch.randperm(n)[:b]
+        input_x.copy_(x_all[idx])
+        input_a.copy_(sem[y_all[idx]])
+        input_y.copy_(y_all[idx])
+
+    if method == "fclswgan":
+        gen, critic = copy.deepcopy(system.generator), copy.deepcopy(system.critic)
+        clf = copy.deepcopy(system.seen_classifier)
+        seen_index = system._seen_index.cpu()
+        opt_d = torch.optim.Adam(critic.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999))
+        opt_g = torch.optim.Adam(gen.parameters(), lr=hp.lr, betas=(hp.beta1, 0.999))
+        noise = torch.empty(b, system.noise_dim)
+
+        def step() -> None:
+            for p in critic.parameters():
+                p.requires_grad = True
+            for _ in range(int(hp.critic_steps)):
+                sample()
+                critic.zero_grad()
+                d_real = critic(input_x, input_a).mean()
+                (-d_real).backward()
+                noise.normal_(0, 1)
+                fake = gen(noise, input_a)
+                d_fake = critic(fake.detach(), input_a).mean()
+                d_fake.backward()
+                alpha = torch.rand(b, 1)
+                interp = (alpha * input_x + (1 - alpha) * fake.detach()).requires_grad_(True)
+                (grads,) = torch.autograd.grad(critic(interp, input_a).sum(), interp, create_graph=True)
+                (float(hp.lambda_gp) * ((grads.norm(2, dim=1) - 1) ** 2).mean()).backward()
+                opt_d.step()
+            for p in critic.parameters():
+                p.requires_grad = False
+            gen.zero_grad()
+            noise.normal_(0, 1)
+            fake = gen(noise, input_a)
+            loss_g = -critic(fake, input_a).mean() + float(hp.cls_weight) * F.nll_loss(
+                clf(fake), seen_index[input_y])
+            loss_g.backward()
+            opt_g.step()
+    else:
+        fx, sx = copy.deepcopy(system.feature_vae), copy.deepcopy(system.semantic_vae)
+        params = list(fx.parameters()) + list(sx.parameters())
+        opt = torch.optim.Adam(params, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=1e-8, amsgrad=hp.amsgrad)
+        kind = hp.reconstruction
+
+        def step() -> None:
+            sample()
+            mu_x, lv_x = fx.encoder(input_x)
+            mu_a, lv_a = sx.encoder(input_a)
+            z_x, z_a = system._sample(mu_x, lv_x), system._sample(mu_a, lv_a)
+            rec = CL.reconstruction(fx.decoder(z_x), input_x, kind) + CL.reconstruction(sx.decoder(z_a), input_a, kind)
+            cross = CL.cross_reconstruction(fx.decoder(z_a), input_x, sx.decoder(z_x), input_a, kind)
+            kl = CL.kl_divergence(mu_x, lv_x) + CL.kl_divergence(mu_a, lv_a)
+            loss = (rec + hp.kl_max * kl + hp.cross_max * cross
+                    + hp.align_max * CL.distribution_alignment(mu_x, lv_x, mu_a, lv_a))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    with torch.enable_grad():
+        for _ in range(warmup):
+            step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - start) / steps
+
+
 # ---- one case (runs in its own process) -----------------------------------------------------------------
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import logging
@@ -443,6 +548,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         clf_times.append(time.perf_counter() - t)
     classifier_s = statistics.median(clf_times)
     official_clf_s = official_style_classifier(inputs, ccfg) if spec.get("official_classifier") else None
+    official_step_s = None
+    if spec.get("official_loop") and device == "cpu":
+        official_step_s = official_style_step_s(method, system.cpu(), data.to("cpu"), steps, warmup)
 
     epochs = int(cfg.generator.epochs)
     eval_every = int(cfg.eval_every)
@@ -455,6 +563,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "s_per_epoch": round(s_per_epoch, 3),
         "classifier_s": round(classifier_s, 3),
         "official_style_classifier_s": None if official_clf_s is None else round(official_clf_s, 3),
+        "official_style_s_per_epoch": None if official_step_s is None else round(official_step_s * spe, 3),
+        "official_style_note": "official code's loop structure, fp32, default torch.optim.Adam, this machine",
         "end_to_end_s": round(end_to_end, 1),
         "end_to_end_note": f"extrapolated: setup + {epochs} epochs × (epoch + classifier every {eval_every})",
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -489,19 +599,19 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ---- driver ---------------------------------------------------------------------------------------------
 def markdown_table(cases: list[dict[str, Any]]) -> str:
-    head = ("| method | dataset | prec (gen/clf) | samples/s | s/epoch | GFLOP/s | peak | % peak | classifier s "
-            "| official-style clf s | end-to-end (extrap.) | peak RSS MB |")
-    rows = [head, "|" + "---|" * 12]
+    head = ("| method | dataset | prec (gen/clf) | samples/s | s/epoch | official-style s/epoch | GFLOP/s | peak "
+            "| % peak | classifier s | official-style clf s | end-to-end (extrap.) | peak RSS MB |")
+    rows = [head, "|" + "---|" * 13]
     for c in cases:
         if "error" in c:
             rows.append(f"| {c['method']} | {c['dataset']} | {c['precision']} | error: {c['error'][:60]} |"
-                        + " |" * 8)
+                        + " |" * 9)
             continue
-        off = c.get("official_style_classifier_s")
+        off, off_epoch = c.get("official_style_classifier_s"), c.get("official_style_s_per_epoch")
         rows.append(
             f"| {c['method']} | {c['dataset']} | {c['precision']}/{c.get('classifier_precision', 'fp32')} | "
             f"{c['samples_per_s']:.0f} | "
-            f"{c['s_per_epoch']:.2f} | {c['gflops']:.0f} | {c['peak_gflops']:.0f} | "
+            f"{c['s_per_epoch']:.2f} | {'-' if off_epoch is None else f'{off_epoch:.2f}'} | {c['gflops']:.0f} | {c['peak_gflops']:.0f} | "
             f"{100 * c['fraction_of_peak']:.0f}% | {c['classifier_s']:.2f} | "
             f"{'-' if off is None else f'{off:.2f}'} | {c['end_to_end_s'] / 60:.1f} min | {c['peak_rss_mb']:.0f} |")
     return "\n".join(rows) + "\n"
@@ -531,6 +641,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="final-classifier precision (default: the config's classifier.precision)")
     p.add_argument("--official-classifier", action="store_true",
                    help="also time the official-style (autograd, per-batch) classifier for the speed-up")
+    p.add_argument("--official", action="store_true",
+                   help="also time the official-style generator loop (f-CLSWGAN, CADA-VAE; fp32, CPU) and "
+                        "the official-style classifier on this machine, for the speed-ups")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--data-root", default=str(default_data_root()))
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "zsl-bench-cache"))
@@ -563,7 +676,8 @@ def main(argv: list[str] | None = None) -> None:
                 spec = {"method": method, "dataset": dataset, "precision": prec, "device": args.device,
                         "warmup": args.warmup, "steps": args.steps, "epochs": args.epochs,
                         "classifier_repeats": args.classifier_repeats,
-                        "official_classifier": args.official_classifier, "data_root": args.data_root,
+                        "official_classifier": args.official_classifier or args.official,
+                        "official_loop": args.official, "data_root": args.data_root,
                         "cache": args.cache, "peak": peaks[prec]["peak_gflops"],
                         "tiny": args.tiny,
                         "overrides": args.override + ([f"classifier.precision={args.classifier_precision}"]
