@@ -81,6 +81,9 @@ class ConditionalGenerator(nn.Module):
         return x
 
 
+CRITIC_SLOPE = 0.2  # the critic's LeakyReLU negative slope
+
+
 class Critic(nn.Module):
     """``D(x, a)``: ``[x, a] → H → 1`` with LeakyReLU(0.2), unbounded score (WGAN critic).
 
@@ -96,7 +99,22 @@ class Critic(nn.Module):
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Scores ``(B, 1)`` of features ``x (B, D)`` conditioned on ``a (B, A)``."""
-        return self.fc2(F.leaky_relu(self.fc1(torch.cat([x, a], dim=1)), 0.2))
+        return self.fc2(F.leaky_relu(self.fc1(torch.cat([x, a], dim=1)), CRITIC_SLOPE))
+
+    def input_gradient(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """``∇ₓ D(x, a)`` per row, ``(B, D)``, in closed form and differentiable w.r.t. the weights.
+
+        With ``h = W₁[x, a] + b₁`` and ``s = LeakyReLU'(h)`` (1 where ``h > 0``, else 0.2, as torch's
+        backward), ``∇₍ₓ,ₐ₎ D = (s ⊙ w₂) W₁``. ``s`` is piecewise constant, so this has the same value and
+        the same weight gradients as ``autograd.grad(D(x, a).sum(), x, create_graph=True)`` (the gradient
+        penalty's double backward), but costs four matrix products instead of six and no second-order
+        autograd graph: ~25% of a WGAN-GP critic step at 4096 hidden units on CPU.
+        """
+        with torch.no_grad():
+            h = self.fc1(torch.cat([x, a], dim=1))
+            slope = torch.where(h > 0, 1.0, CRITIC_SLOPE).to(self.fc2.weight.dtype)
+        grad_input = (slope * self.fc2.weight) @ self.fc1.weight  # (B, D + A)
+        return grad_input[:, : x.shape[1]]
 
 
 class Encoder(nn.Module):
