@@ -218,6 +218,29 @@ def test_fclswgan_takes_five_critic_steps_per_generator_step(tiny_data):
     assert tiny_system("fclswgan", tiny_data, generator_batch="fresh").draws_per_step == 6
 
 
+@pytest.mark.parametrize("name", ["fclswgan", "fvaegan", "tfvaegan"])
+def test_bf16_mixed_critic_steps_see_the_updated_weights(name, tiny_data):
+    """Under ``bf16-mixed`` a whole training step (k critic updates + 1 generator update) runs in one autocast
+    region. Autocast's weight-cast cache would serve critic steps 2..k the weights from before step 1's update;
+    Lightning turns that cache off (``cache_enabled=False``), and this guards it: every critic forward must use
+    the current weights.
+    """
+    system = tiny_system(name, tiny_data, lr=0.05)  # large steps: a stale weight is far off in bf16
+    errors, calls = [], []
+
+    def check(module, inputs, output):
+        expected = torch.nn.functional.linear(inputs[0].bfloat16(), module.weight.bfloat16(),
+                                              module.bias.bfloat16())
+        calls.append(output.dtype)
+        errors.append(float((output.float() - expected.float()).abs().max()))
+
+    system.critic.fc1.register_forward_hook(check)
+    trainer(1, precision="bf16-mixed", limit_train_batches=2).fit(system)
+    assert calls and all(dtype == torch.bfloat16 for dtype in calls)  # autocast was on
+    assert len(calls) >= 2 * system.hparams.critic_steps
+    assert max(errors) < 1e-2, f"a critic forward used stale weights (max |diff| {max(errors):.3g})"
+
+
 @pytest.mark.parametrize("freeze_decoder", [False, True])
 def test_tfvaegan_schedule(tiny_data, freeze_decoder):
     system = tiny_system("tfvaegan", tiny_data, freeze_decoder=freeze_decoder)
