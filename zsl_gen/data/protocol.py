@@ -108,6 +108,22 @@ def apply_feature_scaling(x: ArrayT, preprocessing: dict[str, Any]) -> ArrayT:
     return (np.asarray(x, dtype=np.float32) - mn) / span
 
 
+def _scaled_rows(features: np.ndarray, rows: np.ndarray, feat_prep: dict[str, Any]) -> np.ndarray:
+    """``apply_feature_scaling(features[rows], feat_prep)`` computed in place on the fresh row copy.
+
+    The same float32 operations in the same order (so the same values), without the two full-size
+    temporaries of ``(x - min) / span``: at AWA2 size that is 190 MB per part instead of 570 MB.
+    """
+    out = np.asarray(features[rows], dtype=np.float32)  # fancy indexing: already a fresh copy
+    if feat_prep.get("kind") == "minmax":
+        mn = np.asarray(feat_prep["min"], dtype=np.float32)
+        span = np.asarray(feat_prep["max"], dtype=np.float32) - mn
+        span[span == 0] = 1.0
+        out -= mn
+        out /= span
+    return out
+
+
 def l2_rows(s: np.ndarray) -> np.ndarray:
     """Rows of ``s (C, A)`` scaled to unit L2 norm (all-zero rows stay zero)."""
     norms = np.linalg.norm(s.astype(np.float64), axis=1, keepdims=True)
@@ -162,15 +178,13 @@ def build_protocol(
     check_nonnegative_features(raw, feature_scaling)
     tr, se, un = protocol_indices(raw, split, val_seen_fraction=frac, seed=seed)
 
-    x_tr = raw.features[tr]
     if feature_scaling == "minmax":
-        feat_prep = fit_minmax(x_tr)
+        feat_prep = fit_minmax(raw.features[tr])
         feat_prep["fitted_on"] = ("trainval" if split == "test"
                                   else "train (split=val, seen hold-out excluded)")
         feat_prep["n_fit"] = int(tr.size)
     else:
         feat_prep = {"kind": "none"}
-    scale = lambda a: apply_feature_scaling(a, feat_prep)  # noqa: E731
     sem = l2_rows(raw.semantics) if l2_semantics else np.asarray(raw.semantics, dtype=np.float32)
 
     preprocessing: dict[str, Any] = {
@@ -187,11 +201,11 @@ def build_protocol(
         name=raw.name,
         semantic_space=raw.semantic_space,
         split=split,
-        train_x=t(scale(x_tr)),
+        train_x=t(_scaled_rows(raw.features, tr, feat_prep)),
         train_y=t(y[tr]),
-        seen_x=t(scale(raw.features[se])),
+        seen_x=t(_scaled_rows(raw.features, se, feat_prep)),
         seen_y=t(y[se]),
-        unseen_x=t(scale(raw.features[un])),
+        unseen_x=t(_scaled_rows(raw.features, un, feat_prep)),
         unseen_y=t(y[un]),
         semantics=t(sem),
         seen_classes=t(np.unique(y[tr])),

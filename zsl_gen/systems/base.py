@@ -147,8 +147,11 @@ class GeneratorSystem(pl.LightningModule):
         finally:
             self.train(was_training)
         syn_y = data.unseen_classes.repeat_interleave(n_per_class)
+        train_x = torch.cat([data.train_x, syn_x.to(data.train_x.device)])
+        n_real = data.train_x.shape[0]
+        del syn_x  # the ZSL training set is a view of train_x's synthetic rows, not a second copy
         return ClassifierInputs(
-            train_x=torch.cat([data.train_x, syn_x]), train_y=torch.cat([data.train_y, syn_y]),
-            zsl_train_x=syn_x, zsl_train_y=syn_y,
+            train_x=train_x, train_y=torch.cat([data.train_y, syn_y]),
+            zsl_train_x=train_x[n_real:], zsl_train_y=syn_y,
             seen_x=data.seen_x, seen_y=data.seen_y, unseen_x=data.unseen_x, unseen_y=data.unseen_y,
             seen_classes=data.seen_classes, unseen_classes=data.unseen_classes)
