@@ -9,7 +9,7 @@ import torch
 
 from zsl_gen.errors import ConfigError, DataError
 from zsl_gen.eval import ClassifierConfig, ClassifierInputs, train_and_evaluate
-from zsl_gen.eval.classifier import _Adam, _SoftmaxRegression
+from zsl_gen.eval.classifier import _Adam, _all_finite, _SoftmaxRegression
 
 SEEN = torch.tensor([0, 2, 3, 5])
 UNSEEN = torch.tensor([1, 4])
@@ -162,3 +162,13 @@ def test_labels_outside_label_space_raise_data_error():
     bad[0] = 0  # a seen class in the ZSL training set
     with pytest.raises(DataError, match="zsl_train_y"):
         train_and_evaluate(dataclasses.replace(inputs, zsl_train_y=bad), FAST)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_blockwise_finite_check_sees_every_block(bad):
+    x = torch.zeros(7, 3)
+    assert _all_finite(x, rows=2)
+    for row in (0, 3, 6):  # first, middle and the short last block
+        y = x.clone()
+        y[row, 1] = bad
+        assert not _all_finite(y, rows=2)
