@@ -241,6 +241,23 @@ def test_bf16_mixed_critic_steps_see_the_updated_weights(name, tiny_data):
     assert max(errors) < 1e-2, f"a critic forward used stale weights (max |diff| {max(errors):.3g})"
 
 
+@pytest.mark.parametrize("name", ["cvae", "tfvaegan"])
+def test_bf16_classifier_inputs_built_in_bf16_give_the_same_curves(name, tiny_data):
+    """``classifier_inputs(dtype=bfloat16)`` stores the features in bf16 from the start (half the memory);
+    the bf16 classifier then sees exactly the values it would have cast from float32 itself."""
+    system = tiny_system(name, tiny_data)
+    cfg = ClassifierConfig(epochs=3, batch_size=16, precision="bf16")
+    direct = system.classifier_inputs(tiny_data, 10, torch.Generator().manual_seed(0), cfg.feature_dtype)
+    via_fp32 = system.classifier_inputs(tiny_data, 10, torch.Generator().manual_seed(0))
+    assert direct.train_x.dtype == direct.seen_x.dtype == direct.unseen_x.dtype == torch.bfloat16
+    assert via_fp32.train_x.dtype == torch.float32
+    assert direct.zsl_train_x.data_ptr() == direct.train_x[tiny_data.train_x.shape[0]:].data_ptr()  # a view
+    assert torch.equal(direct.train_x, via_fp32.train_x.bfloat16())
+    a, b = train_and_evaluate(direct, cfg, seed=1), train_and_evaluate(via_fp32, cfg, seed=1)
+    for field in ("S", "U", "H", "T1"):
+        assert (getattr(a, field) == getattr(b, field)).all(), field
+
+
 @pytest.mark.parametrize("freeze_decoder", [False, True])
 def test_tfvaegan_schedule(tiny_data, freeze_decoder):
     system = tiny_system("tfvaegan", tiny_data, freeze_decoder=freeze_decoder)

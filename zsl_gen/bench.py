@@ -538,7 +538,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     syn_num = int(cfg.generator.syn_num)
     noise = torch.Generator(device=system.device).manual_seed(0)
     system.eval()
-    inputs = system.classifier_inputs(data.to(system.device), syn_num, noise)
+    inputs = system.classifier_inputs(data.to(system.device), syn_num, noise, ccfg.feature_dtype)
     clf_times = []
     for r in range(int(spec["classifier_repeats"])):
         _sync(device)

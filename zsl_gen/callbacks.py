@@ -44,7 +44,7 @@ class GZSLEvaluation(pl.Callback):
         # gradient buffers are dead weight here: freeing them leaves room for the classifier's features
         # (tf-VAEGAN at AWA2: 69 M weights, 276 MB of gradients).
         pl_module.zero_grad(set_to_none=True)
-        inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise)
+        inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
         with torch.inference_mode(False), torch.enable_grad():
             curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
         self.records.append((epoch, curves))

@@ -58,9 +58,10 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
                     "(sha256 mismatch): classes are synthesized from the dataset's vectors")
     device = generator.system.device
     noise = torch.Generator(device=device).manual_seed(int(cfg.seed))
-    inputs = generator.system.classifier_inputs(data.to(device), syn_num, noise)
+    ccfg = classifier_config(cfg)
+    inputs = generator.system.classifier_inputs(data.to(device), syn_num, noise, ccfg.feature_dtype)
     with torch.enable_grad():
-        curves = train_and_evaluate(inputs, classifier_config(cfg), seed=int(cfg.seed))
+        curves = train_and_evaluate(inputs, ccfg, seed=int(cfg.seed))
     stack = CurveStack.from_records([(int(meta.get("epochs", 0)), curves)])
     best, last = stack.best("H"), (0, curves.S.shape[0] - 1, 0)
     t1_best = stack.best("T1")

@@ -67,6 +67,13 @@ class ClassifierConfig:
         if not isinstance(gammas, (str, bytes)) and hasattr(gammas, "__iter__"):
             self.calibration_gammas = tuple(gammas)
 
+    @property
+    def feature_dtype(self) -> torch.dtype | None:
+        """The dtype the classifier keeps its features in: ``torch.bfloat16`` under ``precision="bf16"``,
+        else ``None`` (the inputs' own). Systems build their classifier inputs directly in it
+        (``classifier_inputs(..., dtype=...)``), so no float32 copy of the largest matrices is made."""
+        return torch.bfloat16 if self.precision == "bf16" else None
+
     def validate(self) -> "ClassifierConfig":
         """Check every field; returns ``self``.
 

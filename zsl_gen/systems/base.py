@@ -137,9 +137,13 @@ class GeneratorSystem(pl.LightningModule):
         raise NotImplementedError
 
     @torch.no_grad()
-    def classifier_inputs(self, data: ZSLData, n_per_class: int,
-                          generator: torch.Generator | None = None) -> ClassifierInputs:
-        """Real seen training features + ``n_per_class`` synthetic features per unseen class."""
+    def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
+                          dtype: torch.dtype | None = None) -> ClassifierInputs:
+        """Real seen training features + ``n_per_class`` synthetic features per unseen class.
+
+        ``dtype``: the features' storage dtype (``ClassifierConfig.feature_dtype``; ``None``: the data's).
+        The ZSL training set is a view of the synthetic rows of ``train_x``, not a second copy.
+        """
         was_training = self.training
         self.eval()
         try:
@@ -147,11 +151,14 @@ class GeneratorSystem(pl.LightningModule):
         finally:
             self.train(was_training)
         syn_y = data.unseen_classes.repeat_interleave(n_per_class)
-        train_x = torch.cat([data.train_x, syn_x.to(data.train_x.device)])
         n_real = data.train_x.shape[0]
-        del syn_x  # the ZSL training set is a view of train_x's synthetic rows, not a second copy
+        train_x = data.train_x.new_empty(n_real + syn_x.shape[0], data.feature_dim, dtype=dtype)
+        train_x[:n_real] = data.train_x
+        train_x[n_real:] = syn_x
+        del syn_x
         return ClassifierInputs(
             train_x=train_x, train_y=torch.cat([data.train_y, syn_y]),
             zsl_train_x=train_x[n_real:], zsl_train_y=syn_y,
-            seen_x=data.seen_x, seen_y=data.seen_y, unseen_x=data.unseen_x, unseen_y=data.unseen_y,
+            seen_x=data.seen_x.to(dtype or data.seen_x.dtype), seen_y=data.seen_y,
+            unseen_x=data.unseen_x.to(dtype or data.unseen_x.dtype), unseen_y=data.unseen_y,
             seen_classes=data.seen_classes, unseen_classes=data.unseen_classes)

@@ -205,8 +205,8 @@ class CADAVAE(GeneratorSystem):
         return self.feature_vae.decoder(z)
 
     @torch.no_grad()
-    def classifier_inputs(self, data: ZSLData, n_per_class: int,
-                          generator: torch.Generator | None = None) -> ClassifierInputs:
+    def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
+                          dtype: torch.dtype | None = None) -> ClassifierInputs:
         """CADA-VAE's latent-space classifier data (dimension ``Z``).
 
         - train: per seen class, its first ``n_latent_seen`` training features in data order, cycled
@@ -218,7 +218,7 @@ class CADAVAE(GeneratorSystem):
 
         ``n_per_class`` (the pipeline's ``syn_num``) is ignored: the counts are the hyper-parameters
         ``n_latent_seen`` / ``n_latent_unseen`` (the generator config ties ``n_latent_unseen`` to
-        ``syn_num`` by interpolation).
+        ``syn_num`` by interpolation). ``dtype``: storage dtype of the latents (``None``: float32).
         """
         was_training = self.training
         self.eval()
@@ -242,8 +242,10 @@ class CADAVAE(GeneratorSystem):
             unseen_mu, _ = self.encode_features(data.unseen_x)
         finally:
             self.train(was_training)
+        store = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
+        train_x = store(torch.cat([z_seen, z_unseen]))
         return ClassifierInputs(
-            train_x=torch.cat([z_seen, z_unseen]), train_y=torch.cat([y_seen, y_unseen]),
-            zsl_train_x=z_unseen, zsl_train_y=y_unseen,
-            seen_x=seen_mu, seen_y=data.seen_y, unseen_x=unseen_mu, unseen_y=data.unseen_y,
+            train_x=train_x, train_y=torch.cat([y_seen, y_unseen]),
+            zsl_train_x=train_x[z_seen.shape[0]:], zsl_train_y=y_unseen,
+            seen_x=store(seen_mu), seen_y=data.seen_y, unseen_x=store(unseen_mu), unseen_y=data.unseen_y,
             seen_classes=data.seen_classes, unseen_classes=data.unseen_classes)

@@ -163,14 +163,15 @@ class TFVAEGAN(FVAEGAN):
 
     # ---- the classifier's feature space ------------------------------------------------------------------
     @torch.no_grad()
-    def transform_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[x, Dec(x), Dec.hidden(x)]``: ``(N, D)`` → ``(N, D + A + H)``, on ``x``'s device."""
+    def transform_features(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``[x, Dec(x), Dec.hidden(x)]``: ``(N, D)`` → ``(N, D + A + H)``, on ``x``'s device, stored in
+        ``dtype`` (``None``: float32; the decoder always runs in float32)."""
         # written chunk by chunk into one preallocated tensor: no list of chunks and no concatenated copy
         # (AWA2: 41k training rows x 6229 dims = 1 GB, which the list + cat held twice)
         d, a = x.shape[1], self.hparams.semantic_dim
-        out = x.new_empty(x.shape[0], d + a + self.hparams.hidden_dim)
+        out = x.new_empty(x.shape[0], d + a + self.hparams.hidden_dim, dtype=dtype or torch.float32)
         for start in range(0, x.shape[0], _CHUNK):
-            chunk = x[start:start + _CHUNK].to(self.device)
+            chunk = x[start:start + _CHUNK].to(self.device, torch.float32)
             a_hat, hidden = self.decoder(chunk)
             rows = out[start:start + chunk.shape[0]]
             rows[:, :d] = chunk
@@ -179,14 +180,15 @@ class TFVAEGAN(FVAEGAN):
         return out
 
     @torch.no_grad()
-    def classifier_inputs(self, data: ZSLData, n_per_class: int,
-                          generator: torch.Generator | None = None) -> ClassifierInputs:
-        """The base inputs (real seen + synthetic unseen, with feedback) mapped by ``transform_features``."""
+    def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
+                          dtype: torch.dtype | None = None) -> ClassifierInputs:
+        """The base inputs (real seen + synthetic unseen, with feedback) mapped by ``transform_features``,
+        stored in ``dtype`` (``None``: float32)."""
         inputs = super().classifier_inputs(data, n_per_class, generator)
         was_training = self.training
         self.eval()
         try:
-            train_x, seen_x, unseen_x = (self.transform_features(x)
+            train_x, seen_x, unseen_x = (self.transform_features(x, dtype)
                                          for x in (inputs.train_x, inputs.seen_x, inputs.unseen_x))
         finally:
             self.train(was_training)
