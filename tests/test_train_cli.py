@@ -111,3 +111,13 @@ def test_calibrated_stacking_gamma_is_chosen_on_val(tmp_path):
     h = curves["val"]["H"]  # (epochs, classifier epochs, gammas): the chosen gamma maximises val H
     best = max(v for epoch in h for row in epoch for v in row)
     assert round(best, 2) == val["val_scores"]["H"]
+
+
+def test_precision_bf16_switches_generator_and_classifier(tmp_path):
+    from cli_helpers import TINY
+
+    proc = zsl_train(tmp_path, *TINY, "precision=bf16", "selections=[paper]")
+    assert proc.returncode == 0, proc.stderr
+    config = read_results(tmp_path)["config"]
+    assert config["trainer"]["precision"] == "bf16-mixed" and config["classifier"]["precision"] == "bf16"
+    assert 0 <= read_results(tmp_path)["results"]["paper"]["gzsl"]["H"] <= 100
