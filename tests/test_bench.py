@@ -43,9 +43,10 @@ def test_flop_counts_follow_the_layer_shapes():
 def test_official_style_loops_are_timed_for_the_speed_up(tmp_path):
     out = tmp_path / "bench.json"
     main(["--methods", "fclswgan,cadavae", "--datasets", "CUB", "--tiny", "--steps", "2", "--warmup", "1",
-          "--device", "cpu", "--official", "--out", str(out)])
+          "--device", "cpu", "--official", "--classifier-precision", "bf16", "--out", str(out)])
     cases = json.loads(out.read_text())
     assert [c["method"] for c in cases] == ["fclswgan", "cadavae"]
+    assert all(c.get("classifier_precision") == "bf16" for c in cases)  # the official loop casts back to fp32
     for case in cases:
         assert "error" not in case, case.get("error")
         assert case["official_style_s_per_epoch"] > 0 and case["official_style_classifier_s"] > 0

@@ -292,8 +292,13 @@ def official_style_classifier(inputs, cfg, seed: int = 0) -> float:
     and the ZSL classifiers are separate runs in the official code; both are run, as ``train_and_evaluate``
     trains both.
     """
+    from dataclasses import replace
+
     from torch import nn
 
+    # the official code is float32 throughout (inputs built for a bf16 classifier are cast back)
+    inputs = replace(inputs, **{k: getattr(inputs, k).float()
+                                for k in ("train_x", "zsl_train_x", "seen_x", "unseen_x")})
     torch.manual_seed(seed)
     classes = torch.cat([inputs.seen_classes, inputs.unseen_classes]).sort().values
     lookup = torch.full((int(classes.max()) + 1,), -1, dtype=torch.long)
