@@ -42,6 +42,9 @@ def test_eszsl_on_synthetic_writes_complete_results(tmp_path):
     assert results["results"]["paper"]["gzsl"]["H"] >= results["results"]["val"]["gzsl"]["H"]
     assert results["results"]["paper"]["optimistic"] and not results["results"]["val"]["optimistic"]
     assert {"torch", "pytorch_lightning", "hydra", "zsl_gen"} <= set(results["versions"])
+    if (REPO / ".git").exists():  # a git checkout records the commit and whether tracked files had edits
+        assert len(results["versions"]["git_commit"]) == 40
+        assert isinstance(results["versions"]["git_dirty"], bool)
     assert results["config"]["generator"]["name"] == "eszsl"
     assert "paper*" in proc.stdout and "val" in proc.stdout  # the printed summary
     curves = json.loads((tmp_path / "run" / "curves.json").read_text())

@@ -200,6 +200,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run one train job and write ``results.json``, ``curves.json`` and ``preprocessing.json``."""
     validate_train_config(cfg)
     quiet_lightning()
+    code_versions = versions()  # the code that runs: taken now, not when the (long) run ends
     output_dir = Path(output_dir)
     selections = list(cfg.selections)
     if cfg.generator.name != "eszsl":
@@ -209,7 +210,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     resume = resume_plan(cfg, splits)
     open_loggers: list = []
     try:
-        return _run_splits(cfg, raw, splits, selections, resume, output_dir, open_loggers)
+        return _run_splits(cfg, raw, splits, selections, resume, output_dir, open_loggers, code_versions)
     finally:
         finish_loggers(open_loggers)
 
@@ -221,7 +222,7 @@ def is_rank_zero() -> bool:
 
 
 def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections: list[str], resume: ResumePlan,
-                output_dir: Path, open_loggers: list) -> dict[str, Any]:
+                output_dir: Path, open_loggers: list, code_versions: dict[str, Any]) -> dict[str, Any]:
     """Train/evaluate each split in order, select, write the result files (see ``run``)."""
     stacks: dict[str, CurveStack] = {}
     timing: dict[str, float] = {}
@@ -267,7 +268,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
         "generator_export": str(output_dir / "generator") if cfg.generator.name != "eszsl" else None,
         "device": str(torch.device("cuda") if cfg.trainer.get("accelerator") == "gpu" else "cpu"),
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": versions(),
+        "versions": code_versions,
     }
     if not is_rank_zero():
         return results
