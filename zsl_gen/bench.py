@@ -358,6 +358,7 @@ def official_style_step_s(method: str, system, data, steps: int, warmup: int) ->
     import torch.nn.functional as F
 
     from zsl_gen.losses import cada as CL
+    from zsl_gen.losses.wgan import gradient_penalty
 
     if method not in OFFICIAL_STYLE_METHODS:
         return None
@@ -395,10 +396,9 @@ def official_style_step_s(method: str, system, data, steps: int, warmup: int) ->
                 fake = gen(noise, input_a)
                 d_fake = critic(fake.detach(), input_a).mean()
                 d_fake.backward()
-                alpha = torch.rand(b, 1)
-                interp = (alpha * input_x + (1 - alpha) * fake.detach()).requires_grad_(True)
-                (grads,) = torch.autograd.grad(critic(interp, input_a).sum(), interp, create_graph=True)
-                (float(hp.lambda_gp) * ((grads.norm(2, dim=1) - 1) ** 2).mean()).backward()
+                # ``critic.forward`` has no closed-form input gradient: autograd's double backward, as official
+                penalty, _ = gradient_penalty(critic.forward, input_x, fake, input_a)
+                (float(hp.lambda_gp) * penalty).backward()
                 opt_d.step()
             for p in critic.parameters():
                 p.requires_grad = False
