@@ -2,7 +2,8 @@
 generator loss adds the NLL of a frozen softmax classifier pre-trained on the real seen features.
 
 Per training step (manual optimisation, Lightning's GAN pattern): ``critic_steps`` (5) critic updates,
-each on its own batch, minimising ``E[D(x̃, a)] − E[D(x, a)] + λ·GP`` with ``x̃ = G(z, a)`` detached;
+each on its own batch, minimising ``E[D(x̃, a)] − E[D(x, a)] + λ·GP`` with ``x̃ = G(z, a)`` detached
+(gradients in closed form, ``Critic.wgan_gp_backward``);
 then one generator update minimising ``−E[D(G(z, a), a)] + cls_weight · NLL(C(G(z, a)), y)`` on the last
 critic batch's classes (as the official code) with fresh noise.
 """
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from zsl_gen.errors import CheckpointError, ConfigError
-from zsl_gen.losses.wgan import critic_loss, generator_loss, gradient_penalty
+from zsl_gen.losses.wgan import generator_loss
 from zsl_gen.models.networks import ConditionalGenerator, Critic, LinearSoftmaxClassifier, sample_features
 from zsl_gen.systems.base import GeneratorSystem, adam
 from zsl_gen.systems.fvaegan import GENERATOR_BATCHES
@@ -150,18 +151,13 @@ class FCLSWGAN(GeneratorSystem):
         opt_g, opt_d = self.optimizers()
         hp = self.hparams
         stats = []
-        for k in range(hp.critic_steps):
-            x, _, a = self.batch(idx[k])
-            with self.toggled_optimizer(opt_d):
-                fake = self.generator(self._noise(x.shape[0]), a).detach()
-                scores = self.critic(torch.cat([x, fake]), torch.cat([a, a]))
-                neg_wasserstein = critic_loss(scores[: x.shape[0]], scores[x.shape[0]:])
-                penalty, grad_norm = gradient_penalty(self.critic, x, fake, a)
-                loss_d = neg_wasserstein + hp.lambda_gp * penalty
-                opt_d.zero_grad()
-                self.manual_backward(loss_d)
-                opt_d.step()
-            stats.append((loss_d.detach(), -neg_wasserstein.detach(), grad_norm))
+        xs, _, semantics = self.batch(idx[: hp.critic_steps].reshape(-1))  # (k·B, D), (k·B, A)
+        with torch.no_grad():  # G does not change during the critic updates: one forward for all k batches
+            fakes = self.generator(self._noise(xs.shape[0]), semantics)
+        for x, a, fake in zip(*(t.split(idx.shape[1]) for t in (xs, semantics, fakes)), strict=True):
+            step = self.critic.wgan_gp_backward(x, fake, a, hp.lambda_gp)  # sets the critic's .grad
+            opt_d.step()
+            stats.append((step.loss, -step.neg_wasserstein, step.grad_norm))
         loss_d, wasserstein, grad_norm = (torch.stack(s).mean() for s in zip(*stats, strict=True))
 
         x, y, a = self.batch(idx[-1])

@@ -19,7 +19,7 @@ import torch
 
 from zsl_gen.errors import ConfigError
 from zsl_gen.losses.vae import vae_loss
-from zsl_gen.losses.wgan import adapt_lambda, critic_loss, generator_loss, gradient_penalty
+from zsl_gen.losses.wgan import adapt_lambda, generator_loss
 from zsl_gen.models.networks import Critic, reparameterize
 from zsl_gen.systems.base import adam
 from zsl_gen.systems.cvae import ConditionalVAE
@@ -110,10 +110,11 @@ class FVAEGAN(ConditionalVAE):
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> None:
         opts = self.optimizers()
         feedback = self._uses_feedback(batch_idx)
-        critic_stats = []
-        for k in range(self.hparams.critic_steps):
-            x, _, a = self.batch(idx[k])
-            critic_stats.append(self._critic_step(opts, x, a, feedback))
+        xs, _, semantics = self.batch(idx[: self.hparams.critic_steps].reshape(-1))  # (k·B, D), (k·B, A)
+        batches = [t.split(idx.shape[1]) for t in (xs, semantics)]
+        if self._critic_fakes_fixed(feedback):  # one generator forward for all k critic updates
+            batches.append(self._critic_fakes(xs, semantics, feedback).split(idx.shape[1]))
+        critic_stats = [self._critic_step(opts, *batch, feedback=feedback) for batch in zip(*batches)]
         stats = {key: torch.stack([s[key] for s in critic_stats]).mean() for key in critic_stats[0]}
         if self.hparams.adaptive_lambda:
             stat = stats["penalty"] if self.hparams.adaptive_lambda_stat == "penalty" else stats["grad_norm"]
@@ -124,29 +125,36 @@ class FVAEGAN(ConditionalVAE):
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=False, on_epoch=True,
                       batch_size=x.shape[0])
 
-    def _critic_step(self, opts, x: torch.Tensor, a: torch.Tensor, feedback: bool):
-        """One critic update on a batch ``x (B, D)``, ``a (B, A)``.
+    def _critic_fakes_fixed(self, feedback: bool) -> bool:
+        """Whether the critic updates' fakes can be generated before the first of them: E and G do not
+        change during the critic updates (tf-VAEGAN's feedback reads the decoder, which does)."""
+        return True
+
+    @torch.no_grad()
+    def _critic_fakes(self, x: torch.Tensor, a: torch.Tensor, feedback: bool) -> torch.Tensor:
+        """Generated features ``(N, D)`` for the critic, constants: the critic update never reaches E or G."""
+        if self.hparams.encoded_noise:
+            z = reparameterize(*self.encoder(x, a))
+        else:
+            z = torch.randn(x.shape[0], self.noise_dim, device=x.device)
+        return self._generate(z, a, feedback)
+
+    def _critic_step(self, opts, x: torch.Tensor, a: torch.Tensor, fake: torch.Tensor | None = None, *,
+                     feedback: bool = False):
+        """One critic update on a batch ``x (B, D)``, ``a (B, A)`` against generated ``fake (B, D)``
+        (generated here when ``None``).
 
         Returns:
             detached scalars ``{"penalty", "grad_norm", "wasserstein", "loss_d"}``.
         """
         opt_d = opts[1]
-        with torch.no_grad():  # the critic update never reaches E or G (fakes are detached)
-            if self.hparams.encoded_noise:
-                z = reparameterize(*self.encoder(x, a))
-            else:
-                z = torch.randn(x.shape[0], self.noise_dim, device=x.device)
-            fake = self._generate(z, a, feedback)
-        with self.toggled_optimizer(opt_d):
-            scores = self.critic(torch.cat([x, fake]), torch.cat([a, a]))
-            neg_wasserstein = critic_loss(scores[: x.shape[0]], scores[x.shape[0]:])
-            penalty, grad_norm = gradient_penalty(self.critic, x, fake, a)
-            loss_d = self.hparams.gamma_d * (neg_wasserstein + self.gp_weight * penalty)
-            opt_d.zero_grad()
-            self.manual_backward(loss_d)
-            opt_d.step()
-        return {"penalty": penalty.detach(), "grad_norm": grad_norm, "wasserstein": -neg_wasserstein.detach(),
-                "loss_d": loss_d.detach()}
+        if fake is None:
+            fake = self._critic_fakes(x, a, feedback)
+        # γ_D (neg. Wasserstein + λ GP) of losses.wgan, gradients in closed form (sets the critic's .grad)
+        step = self.critic.wgan_gp_backward(x, fake, a, self.gp_weight, scale=self.hparams.gamma_d)
+        opt_d.step()
+        return {"penalty": step.penalty, "grad_norm": step.grad_norm, "wasserstein": -step.neg_wasserstein,
+                "loss_d": step.loss}
 
     def _generator_step(self, opts, x: torch.Tensor, a: torch.Tensor, feedback: bool):
         """One encoder + generator update. Returns detached scalars ``{"loss_g", "vae"}``."""

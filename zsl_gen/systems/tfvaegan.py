@@ -135,7 +135,11 @@ class TFVAEGAN(FVAEGAN):
     def _train_decoder_with_generator(self) -> bool:
         return self.hparams.recons_weight > 0 and not self.hparams.freeze_decoder
 
-    def _critic_step(self, opts, x: torch.Tensor, a: torch.Tensor, feedback: bool):
+    def _critic_fakes_fixed(self, feedback: bool) -> bool:
+        return not feedback  # the feedback pass reads the decoder, which each critic update trains first
+
+    def _critic_step(self, opts, x: torch.Tensor, a: torch.Tensor, fake: torch.Tensor | None = None, *,
+                     feedback: bool = False):
         opt_dec = opts[2]
         with self.toggled_optimizer(opt_dec):
             a_hat, _ = self.decoder(x)
@@ -143,7 +147,7 @@ class TFVAEGAN(FVAEGAN):
             opt_dec.zero_grad()
             self.manual_backward(loss_r)
             opt_dec.step()
-        return {**super()._critic_step(opts, x, a, feedback), "recons_real": loss_r.detach()}
+        return {**super()._critic_step(opts, x, a, fake, feedback=feedback), "recons_real": loss_r.detach()}
 
     def _before_generator_loss(self) -> None:
         # The toggled generator optimiser froze the decoder; the official code trains it here too.
