@@ -69,6 +69,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from zsl_gen.runtime import keep_freed_memory
+
 METHODS = ("fclswgan", "cvae", "fvaegan", "tfvaegan", "cadavae")
 DATASETS = ("CUB", "SUN", "AWA2", "FLO")
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
@@ -452,6 +454,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     quiet_lightning()
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    official_only = bool(spec.get("official_only"))
+    # zsl-train's `keep_freed_memory` (default true); the official-style reference runs with the C
+    # library's defaults, as the official code does
+    malloc_kept = (not official_only and spec.get("keep_freed_memory", True)) and keep_freed_memory()
     method, dataset, precision, device = spec["method"], spec["dataset"], spec["precision"], spec["device"]
     overrides = list(spec.get("overrides", []))
     tiny = spec.get("tiny", False)
@@ -480,6 +486,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
                          **sys_overrides)
     system.set_data(data, seed=int(cfg.seed))
     hp = dict(system.hparams)
+    if official_only:
+        return _official_style_case(spec, cfg, system, data)
 
     # the matmul peak measured in this process right before the timing, under the same machine load
     peak_info = matmul_peak(precision, device, repeats=3 if tiny else 5)
@@ -552,10 +560,6 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         _sync(device)
         clf_times.append(time.perf_counter() - t)
     classifier_s = statistics.median(clf_times)
-    official_clf_s = official_style_classifier(inputs, ccfg) if spec.get("official_classifier") else None
-    official_step_s = None
-    if spec.get("official_loop") and device == "cpu":
-        official_step_s = official_style_step_s(method, system.cpu(), data.to("cpu"), steps, warmup)
 
     epochs = int(cfg.generator.epochs)
     eval_every = int(cfg.eval_every)
@@ -567,9 +571,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "samples_per_s": round(samples_per_epoch / s_per_epoch, 1),
         "s_per_epoch": round(s_per_epoch, 3),
         "classifier_s": round(classifier_s, 3),
-        "official_style_classifier_s": None if official_clf_s is None else round(official_clf_s, 3),
-        "official_style_s_per_epoch": None if official_step_s is None else round(official_step_s * spe, 3),
-        "official_style_note": "official code's loop structure, fp32, default torch.optim.Adam, this machine",
+        "official_style_classifier_s": None,  # filled in by main() from a process of their own
+        "official_style_s_per_epoch": None,
+        "keep_freed_memory": bool(malloc_kept),
         "end_to_end_s": round(end_to_end, 1),
         "end_to_end_note": f"extrapolated: setup + {epochs} epochs × (epoch + classifier every {eval_every})",
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -600,6 +604,37 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "feature_dim": data.feature_dim, "semantic_dim": data.semantic_dim,
         **extra,
     }
+
+
+def _official_style_case(spec: dict[str, Any], cfg, system, data) -> dict[str, Any]:
+    """The official-style references of one case, in a process of their own (the C library's malloc
+    defaults, none of zsl-train's runtime settings): step seconds and classifier seconds."""
+    from zsl_gen.pipeline import classifier_config
+
+    system.on_fit_start()  # the data on the device; f-CLSWGAN pre-trains its seen-class classifier
+    step_s = None
+    if spec.get("official_loop") and spec["device"] == "cpu":
+        step_s = official_style_step_s(spec["method"], system.cpu(), data.to("cpu"), int(spec["steps"]),
+                                       int(spec["warmup"]))
+    clf_s = None
+    if spec.get("official_classifier"):
+        ccfg = classifier_config(cfg)
+        noise = torch.Generator(device=system.device).manual_seed(0)
+        system.eval()
+        inputs = system.classifier_inputs(data.to(system.device), int(cfg.generator.syn_num), noise)
+        clf_s = official_style_classifier(inputs, ccfg)
+    return {"official_style_step_s": step_s, "official_style_classifier_s": clf_s}
+
+
+def _run_in_subprocess(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """``run_case(spec)`` in a fresh Python process: (its result, '') or (None, the last error line)."""
+    proc = subprocess.run([sys.executable, "-m", "zsl_gen.bench", "--case", json.dumps(spec)],
+                          capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return None, f"{tail[0]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len(_MARK):]), ""
 
 
 # ---- driver ---------------------------------------------------------------------------------------------
@@ -649,6 +684,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--official", action="store_true",
                    help="also time the official-style generator loop (f-CLSWGAN, CADA-VAE; fp32, CPU) and "
                         "the official-style classifier on this machine, for the speed-ups")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="the C library's malloc defaults instead of zsl-train's keep_freed_memory (before/after)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--data-root", default=str(default_data_root()))
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "zsl-bench-cache"))
@@ -683,22 +720,30 @@ def main(argv: list[str] | None = None) -> None:
                         "classifier_repeats": args.classifier_repeats,
                         "official_classifier": args.official_classifier or args.official,
                         "official_loop": args.official, "data_root": args.data_root,
+                        "keep_freed_memory": not args.system_malloc,
                         "cache": args.cache, "peak": peaks[prec]["peak_gflops"],
                         "tiny": args.tiny,
                         "overrides": args.override + ([f"classifier.precision={args.classifier_precision}"]
                                                       if args.classifier_precision else [])}
                 t = time.perf_counter()
                 spec["load_before"] = os.getloadavg()[0]
-                proc = subprocess.run([sys.executable, "-m", "zsl_gen.bench", "--case", json.dumps(spec)],
-                                      capture_output=True, text=True, check=False)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
-                if proc.returncode != 0 or not lines:
-                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+                case, error = _run_in_subprocess(spec)
+                if case is not None and spec["official_classifier"]:
+                    official, error = _run_in_subprocess({**spec, "official_only": True})
+                    if official is not None:
+                        step_s = official["official_style_step_s"]
+                        case["official_style_s_per_epoch"] = (None if step_s is None else
+                                                              round(step_s * case["steps_per_epoch"], 3))
+                        case["official_style_classifier_s"] = round(official["official_style_classifier_s"], 3)
+                        case["official_style_note"] = ("official code's loop structure, fp32, default "
+                                                       "torch.optim.Adam and malloc, this machine")
+                    else:
+                        case = None
+                if case is None:
                     case = {"method": method, "dataset": dataset, "precision": prec, "device": args.device,
-                            "error": tail[0]}
-                    print(f"{method:9s} {dataset:5s} {prec}: FAILED {tail[0]}\n{proc.stderr[-3000:]}", flush=True)
+                            "error": error.splitlines()[0]}
+                    print(f"{method:9s} {dataset:5s} {prec}: FAILED {error}", flush=True)
                 else:
-                    case = json.loads(lines[-1][len(_MARK):])
                     case["load_avg_after"] = round(os.getloadavg()[0], 2)
                     print(f"{method:9s} {dataset:5s} {prec}: {case['s_per_epoch']:8.2f} s/epoch "
                           f"{case['samples_per_s']:8.0f} samples/s {case['gflops']:6.0f} GFLOP/s "

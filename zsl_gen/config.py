@@ -40,6 +40,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     """Fail early, naming the field, on values that would otherwise break deep inside training."""
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "eval_every", minimum=1, integer=True)
+    if not isinstance(cfg.get("keep_freed_memory", True), bool):
+        raise ConfigError(f"config field `keep_freed_memory` must be true or false, got "
+                          f"{cfg.keep_freed_memory!r}")
     selections = list(cfg.selections)
     if not selections or any(s not in SELECTIONS for s in selections):
         raise ConfigError(f"config field `selections` must be a non-empty subset of {list(SELECTIONS)}, "

@@ -30,6 +30,7 @@ from zsl_gen.eval import ClassifierConfig, eszsl_curves
 from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.export import export_generator
 from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
+from zsl_gen.runtime import keep_freed_memory
 from zsl_gen.tracking import build_loggers, finish_loggers, log_final_results
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run one train job and write ``results.json``, ``curves.json`` and ``preprocessing.json``."""
     validate_train_config(cfg)
     quiet_lightning()
+    if cfg.get("keep_freed_memory", True):
+        keep_freed_memory()
     code_versions = versions()  # the code that runs: taken now, not when the (long) run ends
     output_dir = Path(output_dir)
     selections = list(cfg.selections)

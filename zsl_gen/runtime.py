@@ -1,0 +1,38 @@
+"""Process-wide settings that make training faster without changing any result.
+
+``keep_freed_memory``: glibc's ``malloc`` serves every allocation above a threshold (128 KiB, adapting up
+to 32 MiB) with a fresh ``mmap`` and returns it to the kernel on ``free``. A training step allocates and frees
+tensors of tens of MiB every time (a 4096×2360 fp32 weight gradient is 38.7 MB, its bf16 copy 19 MB), so each
+one costs its page faults again: on the 2-core benchmark machine a fresh 38.7 MB tensor takes ~12 ms to
+fill where one in reused memory takes ~1.7 ms. Raising the mmap and trim thresholds keeps freed memory in
+the process for the next step (what tcmalloc/jemalloc, which PyTorch's CPU performance guides recommend
+preloading, do by design). Peak memory is unchanged; memory freed late in a run is returned to the
+kernel only at exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
+KEEP_BYTES = 1 << 30
+
+
+def keep_freed_memory(threshold_bytes: int = KEEP_BYTES) -> bool:
+    """Serve allocations up to ``threshold_bytes`` from the heap and keep up to that much freed memory.
+
+    Returns ``True`` when applied; ``False`` (a no-op) where the C library is not glibc (macOS, Windows,
+    musl), whose allocators behave differently.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    threshold = min(int(threshold_bytes), 2**31 - 1)
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
