@@ -39,7 +39,10 @@ For every (method, dataset, precision, device) case, in a subprocess of its own 
 - matmul peak: ``torch.matmul`` of the precision's dtype on representative sizes (the layer shapes the
   systems run, and a square 2048³), median of repeats, the best size = ``peak_gflops``.
 - memory: ``peak_rss_mb`` = ``ru_maxrss`` of the case's process (data + model + optimisers + training +
-  classifier evaluation).
+  classifier evaluation), with ``zsl-train``'s default ``keep_freed_memory`` (``--system-malloc``: the C
+  library's malloc defaults instead, for before/after).
+- official-style references (``--official``, ``--official-classifier``): timed in a second process of
+  their own per case, with the C library's malloc defaults, as the official code runs.
 
 Usage::
 

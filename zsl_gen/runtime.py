@@ -6,8 +6,8 @@ tensors of tens of MiB every time (a 4096×2360 fp32 weight gradient is 38.7 MB,
 one costs its page faults again: on the 2-core benchmark machine a fresh 38.7 MB tensor takes ~12 ms to
 fill where one in reused memory takes ~1.7 ms. Raising the mmap and trim thresholds keeps freed memory in
 the process for the next step (what tcmalloc/jemalloc, which PyTorch's CPU performance guides recommend
-preloading, do by design). Peak memory is unchanged; memory freed late in a run is returned to the
-kernel only at exit.
+preloading, do by design). The cost: freed memory stays counted in the process's resident size until it is
+reused or the process exits (BENCHMARKS.md gives the peak RSS with and without).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import ctypes.util
 import platform
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
-KEEP_BYTES = 1 << 30
+# Per-step tensors are at most weight-sized (4096×4096 fp32 = 67 MB); larger, one-off blocks (datasets,
+# synthetic features) keep going to mmap and back to the kernel, which bounds the extra resident memory.
+KEEP_BYTES = 128 << 20
 
 
 def keep_freed_memory(threshold_bytes: int = KEEP_BYTES) -> bool:
