@@ -16,7 +16,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # on free), fordblks = free bytes the heap keeps for reuse.
 _CHILD = """
 import ctypes, json, sys, torch
-from zsl_gen.runtime import keep_freed_memory
+from zsl_gen.runtime import keep_freed_memory, release_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -29,7 +29,12 @@ base = libc.mallinfo2().hblkhd
 x = torch.ones(10_000_000)  # 40 MB
 alive = libc.mallinfo2().hblkhd - base
 del x
-print(json.dumps({"applied": applied, "mmapped_while_alive": alive, "kept_after_free": libc.mallinfo2().fordblks}))
+kept = libc.mallinfo2().fordblks
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+before_release = rss()
+released = release_freed_memory()
+print(json.dumps({"applied": applied, "mmapped_while_alive": alive, "kept_after_free": kept,
+                  "released": released, "rss_drop": before_release - rss()}))
 """
 
 
@@ -46,6 +51,7 @@ def test_large_blocks_come_from_the_heap_and_stay_there_after_free():
     assert default["kept_after_free"] < 40_000_000
     assert kept["mmapped_while_alive"] < 1_000_000  # kept: served from the heap ...
     assert kept["kept_after_free"] >= 40_000_000  # ... and kept there for the next step
+    assert kept["released"] and kept["rss_drop"] >= 30_000_000  # until an evaluation gives it back
 
 
 def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch):
@@ -53,3 +59,4 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch):
 
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert runtime.keep_freed_memory() is False
+    assert runtime.release_freed_memory() is False

@@ -443,3 +443,24 @@ def test_generator_group_shape_and_cub_defaults(name):
     assert OmegaConf.to_container(experiment.generator.system) == OmegaConf.to_container(cfg.generator.system)
     assert (experiment.generator.epochs, experiment.generator.syn_num) == (cfg.generator.epochs,
                                                                             cfg.generator.syn_num)
+
+
+def test_evaluation_frees_gradients_and_kept_memory_before_building_classifier_inputs(tiny_data, monkeypatch):
+    """Before each evaluation the callback drops the gradient buffers and hands the blocks
+    ``keep_freed_memory`` holds for the next training step back to the kernel, so neither sits under the
+    evaluation's own peak (synthetic features, classifier inputs)."""
+    from zsl_gen import callbacks
+
+    events = []
+    monkeypatch.setattr(callbacks, "release_freed_memory", lambda: events.append("release"))
+    system = tiny_system("fclswgan", tiny_data)
+    build = system.classifier_inputs
+
+    def classifier_inputs(*args, **kwargs):
+        events.append(("inputs", all(p.grad is None for p in system.parameters())))
+        return build(*args, **kwargs)
+
+    system.classifier_inputs = classifier_inputs
+    evaluation = callbacks.GZSLEvaluation(tiny_data, ClassifierConfig(epochs=2, batch_size=16), syn_num=5)
+    trainer(2, callbacks=[evaluation], limit_train_batches=2).fit(system)
+    assert events == ["release", ("inputs", True)] * 2

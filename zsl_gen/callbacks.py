@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 
 from zsl_gen.data.types import ZSLData
 from zsl_gen.eval import ClassifierConfig, EvalCurves, train_and_evaluate
+from zsl_gen.runtime import release_freed_memory
 
 
 class GZSLEvaluation(pl.Callback):
@@ -44,6 +45,7 @@ class GZSLEvaluation(pl.Callback):
         # gradient buffers are dead weight here: freeing them leaves room for the classifier's features
         # (tf-VAEGAN at AWA2: 69 M weights, 276 MB of gradients).
         pl_module.zero_grad(set_to_none=True)
+        release_freed_memory()  # and what keep_freed_memory holds for the next training step
         inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
         with torch.inference_mode(False), torch.enable_grad():
             curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)

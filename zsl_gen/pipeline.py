@@ -93,6 +93,8 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
     ``ckpt_path``, continue an interrupted training from that checkpoint. With ``keep_loggers_open`` the
     loggers are returned unfinished (the caller logs the final results into them, then finishes them)."""
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
+    if cfg.get("keep_freed_memory", True):  # from here on: the data is loaded, training starts
+        keep_freed_memory()
     system = instantiate(cfg.generator.system, feature_dim=data.feature_dim, semantic_dim=data.semantic_dim)
     system.set_data(data, seed=cfg.seed)
     evaluation = GZSLEvaluation(data, classifier_config(cfg), syn_num=cfg.generator.syn_num,
@@ -201,8 +203,6 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run one train job and write ``results.json``, ``curves.json`` and ``preprocessing.json``."""
     validate_train_config(cfg)
     quiet_lightning()
-    if cfg.get("keep_freed_memory", True):
-        keep_freed_memory()
     code_versions = versions()  # the code that runs: taken now, not when the (long) run ends
     output_dir = Path(output_dir)
     selections = list(cfg.selections)

@@ -22,19 +22,39 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 KEEP_BYTES = 128 << 20
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (whose malloc these settings tune), else ``None``."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory(threshold_bytes: int = KEEP_BYTES) -> bool:
     """Serve allocations up to ``threshold_bytes`` from the heap and keep up to that much freed memory.
 
     Returns ``True`` when applied; ``False`` (a no-op) where the C library is not glibc (macOS, Windows,
     musl), whose allocators behave differently.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     threshold = min(int(threshold_bytes), 2**31 - 1)
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
+
+
+def release_freed_memory() -> bool:
+    """Give the heap's free pages back to the kernel now (glibc ``malloc_trim(0)``).
+
+    Called before each evaluation: the blocks training keeps for its next step would otherwise sit under
+    the evaluation's own peak (synthetic features, classifier inputs). Training faults them in again once
+    afterwards. Returns whether anything was released; ``False`` off glibc.
+    """
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(libc.malloc_trim(0))
