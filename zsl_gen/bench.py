@@ -34,7 +34,9 @@ For every (method, dataset, precision, device) case, in a subprocess of its own 
   ``in → out`` on ``B`` rows costs ``2·B·in·out`` forward, the same again for the input gradient and for the
   weight gradient (so fwd+bwd ≈ 6·B·in·out, 4·B·in·out when its input needs no gradient, 2·B·in·out
   more for the input gradient only, e.g. through a frozen critic). The gradient penalty's first layer costs
-  8·B·in·H: forward, the input gradient with ``create_graph``, and the double backward (two matmuls).
+  8·B·in·H: the forward of the interpolates, their input gradient ``(s ⊙ w₂) W₁``, and that product's two
+  weight-side products (``Critic.wgan_gp_backward`` runs exactly these; autograd's double backward runs the
+  same four plus two more, which are not counted).
   Element-wise work is not counted. Achieved GFLOP/s = FLOPs per step / step time.
 - matmul peak: ``torch.matmul`` of the precision's dtype on representative sizes (the layer shapes the
   systems run, and a square 2048³), median of repeats, the best size = ``peak_gflops``.
