@@ -102,7 +102,7 @@ def test_csv_logger_writes_per_epoch_s_u_h(seed_multirun):
 
 def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):
     proc = zsl_multirun(tmp_path, "eval_every=0,1", *TINY, "selections=[paper]")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # every job ran, but a script must still see the failure
     multi = tmp_path / "multi"
     error = (multi / "0" / "error.txt").read_text()
     assert "config field `eval_every` must be an integer >= 1" in error
@@ -113,6 +113,12 @@ def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):
     assert "1 job(s) failed; the others' results are in place:" in proc.stderr
     report = proc.stderr.split("1 job(s) failed")[1]
     assert str(multi / "0") in report and "eval_every" in report and str(multi / "1") not in report
+
+    # the same sweep rerun into the same directory, now passing: the stale error.txt goes, exit status 0
+    proc = zsl_multirun(tmp_path, "eval_every=2,1", *TINY, "selections=[paper]")
+    assert proc.returncode == 0, proc.stderr
+    assert not (multi / "0" / "error.txt").exists() and results_of(multi / "0")["protocol"]["eval_every"] == 2
+    assert "failed" not in proc.stderr
 
 
 def test_optuna_sweep_maximises_the_returned_validation_h(tmp_path, no_wandb):

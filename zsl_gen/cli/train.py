@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-
+import time
 import traceback
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,12 +25,15 @@ def train_app(cfg: DictConfig) -> float:
     """Run one job; returns the `val` selection's validation H (what a sweeper should optimise).
 
     In a multirun a failing job writes ``error.txt`` into its own directory and returns NaN (a failed
-    trial for Optuna), so the other jobs still run; ``FailedJobsReport`` lists the failures at the end.
+    trial for Optuna), so the other jobs still run; ``FailedJobsReport`` lists the failures at the end
+    and ``main`` then exits with status 1.
     """
     from zsl_gen.pipeline import run  # imported here so `--help` stays fast
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        (output_dir / "error.txt").unlink(missing_ok=True)  # a rerun into the same sweep dir
     try:
         results = run(cfg, output_dir)
     except Exception as err:
@@ -48,11 +51,26 @@ def train_app(cfg: DictConfig) -> float:
     return float(val["val_scores"]["H"]) if val else float("nan")
 
 
+FAILED_JOBS: list[Path] = []  # this process's multirun failures, read by `main` for the exit status
+
+
 class FailedJobsReport(Callback):
-    """After a multirun: list the jobs that failed (their ``error.txt``) and how to rerun one."""
+    """After a multirun: list the jobs that failed (their directory and the last line of ``error.txt``).
+
+    Only ``error.txt`` files written since this multirun started count: a sweep dir reused from an
+    earlier, larger sweep may still hold old ones.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        failed = sorted(Path(config.hydra.sweep.dir).glob("*/error.txt"))
+        failed = [path for path in sorted(Path(config.hydra.sweep.dir).glob("*/error.txt"))
+                  if path.stat().st_mtime >= self.started - 1.0]  # 1 s: coarse file-system clocks
+        FAILED_JOBS[:] = failed
         if failed:
             print(f"{len(failed)} job(s) failed; the others' results are in place:", file=sys.stderr)
             for path in failed:
@@ -60,7 +78,10 @@ class FailedJobsReport(Callback):
 
 
 def main() -> None:
+    FAILED_JOBS.clear()
     train_app()
+    if FAILED_JOBS:  # the multirun finished, but not every job did: scripts and CI must see it
+        sys.exit(1)
 
 
 if __name__ == "__main__":
