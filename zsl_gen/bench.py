@@ -38,6 +38,11 @@ For every (method, dataset, precision, device) case, in a subprocess of its own 
   weight-side products (``Critic.wgan_gp_backward`` runs exactly these; autograd's double backward runs the
   same four plus two more, which are not counted).
   Element-wise work is not counted. Achieved GFLOP/s = FLOPs per step / step time.
+- optimiser: the seconds per step spent inside the optimisers' ``step`` (their parameter updates, timed
+  around each call; an automatic-optimisation closure's forward/backward is subtracted), its share of the
+  step, and the bound it sets: ``fraction_of_peak_bound`` = the fraction of peak if every product ran at
+  the peak and the (memory-bound, batch-independent) updates kept their measured time. Where that bound is
+  itself under 50%, no matmul work can bring the method to half the peak at its published batch size.
 - matmul peak: ``torch.matmul`` of the precision's dtype on representative sizes (the layer shapes the
   systems run, and a square 2048³), median of repeats, the best size = ``peak_gflops``.
 - memory: ``peak_rss_mb`` = ``ru_maxrss`` of the case's process (data + model + optimisers + training +
@@ -501,12 +506,40 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         steps = max(steps, int(math.ceil(float(spec["epochs"]) * spe)))
 
     class Stamps(pl.Callback):
+        """Stamps every step's end, and the running total of seconds spent inside the optimisers' ``step``
+        (their parameter updates; an automatic-optimisation closure's forward/backward is subtracted)."""
+
         def __init__(self) -> None:
             self.ends: list[float] = []
+            self.optimizer_totals: list[float] = []
+            self.optimizer_s = 0.0
             self.fit_start = self.first_batch = 0.0
 
         def on_fit_start(self, trainer, pl_module) -> None:
             self.fit_start = time.perf_counter()
+            for optimizer in trainer.optimizers:
+                optimizer.step = self._timed(optimizer.step)  # type: ignore[method-assign]
+
+        def _timed(self, step):
+            def timed_step(closure=None, **kwargs):
+                inner = 0.0
+
+                def timed_closure():
+                    nonlocal inner
+                    t = time.perf_counter()
+                    try:
+                        return closure()
+                    finally:
+                        _sync(device)
+                        inner += time.perf_counter() - t
+
+                _sync(device)
+                t = time.perf_counter()
+                out = step(closure=None if closure is None else timed_closure, **kwargs)
+                _sync(device)
+                self.optimizer_s += time.perf_counter() - t - inner
+                return out
+            return timed_step
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             _sync(device)
@@ -515,10 +548,12 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             _sync(device)
             self.ends.append(time.perf_counter())
+            self.optimizer_totals.append(self.optimizer_s)
             if len(self.ends) > warmup + steps:
                 trainer.should_stop = True
 
-    def timed_fit(feedback: bool | None) -> tuple[list[float], float]:
+    def timed_fit(feedback: bool | None) -> tuple[list[float], float, float]:
+        """Step intervals after the warm-up, the fit's setup seconds, and the mean optimiser seconds per step."""
         stamps = Stamps()
         if feedback is not None:
             system._uses_feedback = (lambda batch_idx: feedback)  # type: ignore[method-assign]
@@ -530,20 +565,23 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         setup = stamps.first_batch - stamps.fit_start
         ends = stamps.ends
         intervals = [t1 - t0 for t0, t1 in zip(ends[:-1], ends[1:])][warmup:]
-        return intervals, setup
+        totals = stamps.optimizer_totals
+        optimizer_s = (totals[-1] - totals[warmup]) / max(len(totals) - 1 - warmup, 1)
+        return intervals, setup, optimizer_s
 
     if method == "tfvaegan":
-        plain, setup = timed_fit(False)
-        fb, _ = timed_fit(True)
+        plain, setup, opt_plain = timed_fit(False)
+        fb, _, opt_fb = timed_fit(True)
         del system._uses_feedback
         t_plain, t_fb = statistics.fmean(plain), statistics.fmean(fb)
         step_s = (t_plain + t_fb) / 2
+        optimizer_s = (opt_plain + opt_fb) / 2
         flops = (step_flops(method, hp, data.feature_dim, data.semantic_dim, data.seen_classes.numel(), False)
                  + step_flops(method, hp, data.feature_dim, data.semantic_dim, data.seen_classes.numel(), True)) / 2
         intervals = plain + fb
         extra = {"step_s_no_feedback": round(t_plain, 5), "step_s_feedback": round(t_fb, 5)}
     else:
-        intervals, setup = timed_fit(None)
+        intervals, setup, optimizer_s = timed_fit(None)
         step_s = statistics.fmean(intervals)
         flops = step_flops(method, hp, data.feature_dim, data.semantic_dim, data.seen_classes.numel())
         extra = {}
@@ -586,6 +624,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "gflops": round(gflops, 3),
         "peak_gflops": peak,
         "fraction_of_peak": round(gflops / peak, 3) if peak else None,
+        "optimizer_s_per_step": round(optimizer_s, 5),
+        "optimizer_share": round(optimizer_s / step_s, 3),
+        # the fraction of peak even if every product ran at the peak: the optimisers' memory-bound updates
+        # (fixed by the parameter count, not by the batch) still take their measured time
+        "fraction_of_peak_bound": round(flops / peak / (flops / peak + optimizer_s * 1e9), 3) if peak else None,
         "peak_gflops_by_size": peak_info["by_size"],
         "load_avg_before": round(spec.get("load_before", 0.0), 2),
         "gflop_per_step": round(flops / 1e9, 3),
@@ -646,19 +689,23 @@ def _run_in_subprocess(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str
 # ---- driver ---------------------------------------------------------------------------------------------
 def markdown_table(cases: list[dict[str, Any]]) -> str:
     head = ("| method | dataset | prec (gen/clf) | samples/s | s/epoch | official-style s/epoch | GFLOP/s | peak "
-            "| % peak | classifier s | official-style clf s | end-to-end (extrap.) | peak RSS MB |")
-    rows = [head, "|" + "---|" * 13]
+            "| % peak | optimiser % of step (% peak bound) | classifier s | official-style clf s "
+            "| end-to-end (extrap.) | peak RSS MB |")
+    rows = [head, "|" + "---|" * 14]
     for c in cases:
         if "error" in c:
             rows.append(f"| {c['method']} | {c['dataset']} | {c['precision']} | error: {c['error'][:60]} |"
-                        + " |" * 9)
+                        + " |" * 10)
             continue
+        bound = c.get("fraction_of_peak_bound")
+        optimiser = (f"{100 * c['optimizer_share']:.0f}% ({'-' if bound is None else f'{100 * bound:.0f}%'})"
+                     if "optimizer_share" in c else "-")
         off, off_epoch = c.get("official_style_classifier_s"), c.get("official_style_s_per_epoch")
         rows.append(
             f"| {c['method']} | {c['dataset']} | {c['precision']}/{c.get('classifier_precision', 'fp32')} | "
             f"{c['samples_per_s']:.0f} | "
             f"{c['s_per_epoch']:.2f} | {'-' if off_epoch is None else f'{off_epoch:.2f}'} | {c['gflops']:.0f} | {c['peak_gflops']:.0f} | "
-            f"{100 * c['fraction_of_peak']:.0f}% | {c['classifier_s']:.2f} | "
+            f"{100 * c['fraction_of_peak']:.0f}% | {optimiser} | {c['classifier_s']:.2f} | "
             f"{'-' if off is None else f'{off:.2f}'} | {c['end_to_end_s'] / 60:.1f} min | {c['peak_rss_mb']:.0f} |")
     return "\n".join(rows) + "\n"
 
