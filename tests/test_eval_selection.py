@@ -1,4 +1,4 @@
-"""The `paper` and `val` selections on hand-built curves."""
+"""The `paper`, `val` and `val_split` selections on hand-built curves."""
 
 import json
 
@@ -28,6 +28,22 @@ def test_paper_takes_best_on_test_and_val_reads_test_at_val_choice():
     assert out["val"]["gzsl"] == {"S": 40.0, "U": 20.0, "H": 30.0}  # test at (epoch 1, row 2)
     assert out["val"]["zsl"]["T1"] == 30.0  # test T1 at val's best T1 (epoch 1, row 3)
     assert out["val"]["val_scores"]["H"] == 80.0 and out["val"]["optimistic"] is False
+
+
+def test_val_split_reports_the_val_run_alone_and_needs_no_test_run():
+    val = CurveStack.from_records([(1, curves([0.0, 0.8, 0.1], [0.1, 0.1, 0.7])),
+                                   (2, curves([0.1, 0.1, 0.1], [0.1, 0.1, 0.1]))])
+    out = select({"val": val}, ["val_split"])  # no "test" stack at all
+    assert set(out) == {"val_split"}
+    chosen = out["val_split"]
+    assert chosen["gzsl"] == {"S": 90.0, "U": 70.0, "H": 80.0} and chosen["zsl"]["T1"] == 70.0
+    assert chosen["gzsl_chosen"] == {"epoch": 1, "classifier": "classifier epoch 2", "gamma": 0.0}
+    assert chosen["evaluated_on"] == "val" and chosen["optimistic"] is False
+    # next to `val`, the two agree on the validation H (the number a sweeper optimises)
+    test = CurveStack.from_records([(1, curves([0.1, 0.3, 0.2], [0.5, 0.4, 0.3])),
+                                    (2, curves([0.2, 0.1, 0.6], [0.2, 0.9, 0.1]))])
+    both = select({"test": test, "val": val}, ["val", "val_split"])
+    assert both["val"]["val_scores"]["H"] == both["val_split"]["gzsl"]["H"] == 80.0
 
 
 def test_ties_pick_the_earliest_and_nan_never_wins():

@@ -134,11 +134,20 @@ def test_optuna_sweep_maximises_the_returned_validation_h(tmp_path, no_wandb):
     values = {}
     for job in jobs:
         results = results_of(job)
-        assert results["protocol"]["selections"] == ["val"] and results["protocol"]["generator_epochs"] == 1
+        assert results["protocol"]["selections"] == ["val_split"] and results["protocol"]["generator_epochs"] == 1
+        # a trial trains on split=val only: no test run, no test number, no test checkpoint or export
+        assert results["protocol"]["splits_run"] == ["val"] and set(results["results"]) == {"val_split"}
+        assert not (job / "checkpoints" / "test").exists() and results["generator_export"] is None
         assert results["config"]["generator"]["syn_num"] in (20, 50)
-        values[job] = results["results"]["val"]["val_scores"]["H"]
+        values[job] = results["results"]["val_split"]["gzsl"]["H"]
     assert all(v > 0 for v in values.values())  # a real objective, not a tie of zeros
     assert best["best_value"] == pytest.approx(max(values.values()))
+    # zsl-report over the search labels the trials' numbers as validation scores
+    from zsl_gen.cli.report import main as report_main
+
+    report = run_app(report_main, ["zsl-report", str(multi)], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "| val_split (scores on split=val) | 2 |" in report.stdout and "| paper" not in report.stdout
     winner = results_of(max(values, key=values.get))["config"]
     assert best["best_params"]["generator.syn_num"] == winner["generator"]["syn_num"]
     assert best["best_params"]["generator.system.lr"] == pytest.approx(winner["generator"]["system"]["lr"])

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from zsl_gen.errors import ConfigError
 
 ALLOWED_TARGET_PREFIXES = ("zsl_gen.", "pytorch_lightning.")
-SELECTIONS = ("paper", "val")
+SELECTIONS = ("paper", "val", "val_split")
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:

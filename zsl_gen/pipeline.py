@@ -209,13 +209,20 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.generator.name != "eszsl":
         classifier_config(cfg)  # fail on a bad classifier config before any training
     raw = load_dataset(cfg.dataset)
-    splits = (["val"] if "val" in selections else []) + ["test"]
+    splits = splits_to_run(selections)
     resume = resume_plan(cfg, splits)
     open_loggers: list = []
     try:
         return _run_splits(cfg, raw, splits, selections, resume, output_dir, open_loggers, code_versions)
     finally:
         finish_loggers(open_loggers)
+
+
+def splits_to_run(selections: list[str]) -> list[str]:
+    """The training runs the selections need, in order: ``val`` for `val`/`val_split`, ``test`` for
+    `paper`/`val` (a `val_split`-only run, as in a hyper-parameter search, never touches the test split)."""
+    return ((["val"] if {"val", "val_split"} & set(selections) else [])
+            + (["test"] if {"paper", "val"} & set(selections) else []))
 
 
 def is_rank_zero() -> bool:
@@ -229,7 +236,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     """Train/evaluate each split in order, select, write the result files (see ``run``)."""
     stacks: dict[str, CurveStack] = {}
     timing: dict[str, float] = {}
-    test_data = None
+    data = None
     for split in splits:
         data = protocol_data(cfg, raw, split)
         start = time.perf_counter()
@@ -255,9 +262,8 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
                 "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
                 "epochs": generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
-        if split == "test":
-            test_data = data
-    assert test_data is not None
+    assert data is not None  # the last split run: test, or val in a `val_split`-only run
+    exported = cfg.generator.name != "eszsl" and "test" in splits
     results = {
         "created": utc_now(),
         "method": cfg.generator.name,
@@ -268,7 +274,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
                      "val_seen_fraction": float(cfg.dataset.val_seen_fraction)},
         "results": select(stacks, selections),
         "timing": timing,
-        "generator_export": str(output_dir / "generator") if cfg.generator.name != "eszsl" else None,
+        "generator_export": str(output_dir / "generator") if exported else None,
         "device": str(torch.device("cuda") if cfg.trainer.get("accelerator") == "gpu" else "cpu"),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": code_versions,
@@ -276,7 +282,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     if not is_rank_zero():
         return results
     write_json_atomic(output_dir / "curves.json", {s: st.as_dict() for s, st in stacks.items()})
-    write_json_atomic(output_dir / "preprocessing.json", test_data.preprocessing)
+    write_json_atomic(output_dir / "preprocessing.json", data.preprocessing)
     write_json_atomic(output_dir / "results.json", results)
     log_final_results(open_loggers, results, output_dir / "generator")
     print(summary_table(results))

@@ -89,7 +89,7 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * 9]
     for e in table:
         cells = [f"{e[m][0]:.2f} ± {e[m][1]:.2f}" for m in METRICS]
-        label = e["selection"] + (" (optimistic)" if e["selection"] == "paper" else "")
+        label = e["selection"] + {"paper": " (optimistic)", "val_split": " (scores on split=val)"}.get(e["selection"], "")
         lines.append(f"| {e['dataset']} | {e['method']} | {e['semantics']} | {label} | {e['n']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

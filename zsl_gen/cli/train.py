@@ -22,7 +22,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> float:
-    """Run one job; returns the `val` selection's validation H (what a sweeper should optimise).
+    """Run one job; returns the validation H of the `val` (or `val_split`) selection: what a sweeper
+    should optimise (the same number: split=val's H at its best epoch).
 
     In a multirun a failing job writes ``error.txt`` into its own directory and returns NaN (a failed
     trial for Optuna), so the other jobs still run; ``FailedJobsReport`` lists the failures at the end
@@ -47,8 +48,10 @@ def train_app(cfg: DictConfig) -> float:
         print(f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: "
               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return float("nan")
-    val = results["results"].get("val")
-    return float(val["val_scores"]["H"]) if val else float("nan")
+    chosen = results["results"]
+    if "val" in chosen:
+        return float(chosen["val"]["val_scores"]["H"])
+    return float(chosen["val_split"]["gzsl"]["H"]) if "val_split" in chosen else float("nan")
 
 
 FAILED_JOBS: list[Path] = []  # this process's multirun failures, read by `main` for the exit status

@@ -1,4 +1,4 @@
-"""Selecting the reported numbers from per-epoch curves: the `paper` and `val` selections."""
+"""Selecting the reported numbers from per-epoch curves: the `paper`, `val` and `val_split` selections."""
 
 from __future__ import annotations
 
@@ -63,9 +63,20 @@ def select(stacks: dict[str, CurveStack], selections: list[str]) -> dict[str, An
     ``paper``: the best H (and, separately, the best T1) over every generator epoch, classifier epoch and
     γ, measured on test — the published practice, optimistic. ``val``: the (epoch, classifier epoch, γ)
     with the best H (T1) on split=val, then the test run read once at that index. Both runs evaluate on
-    the same schedule, so indices line up.
+    the same schedule, so indices line up. ``val_split``: the val run alone, its best H (T1) and the scores
+    there, all on split=val — no test number at all (what a hyper-parameter search optimises; the test
+    split is then not even run).
     """
     out: dict[str, Any] = {}
+    if "val_split" in selections:
+        val = stacks["val"]
+        h_idx, t_idx = val.best("H"), val.best("T1")
+        at_h = val.at(h_idx)
+        out["val_split"] = {"gzsl": {k: at_h[k] for k in ("S", "U", "H")}, "zsl": {"T1": val.at(t_idx)["T1"]},
+                            "chosen_on": "val", "evaluated_on": "val", "optimistic": False,
+                            "gzsl_chosen": val.describe(h_idx), "zsl_chosen": val.describe(t_idx)}
+    if not {"paper", "val"} & set(selections):
+        return out
     test = stacks["test"]
     if "paper" in selections:
         h_idx, t_idx = test.best("H"), test.best("T1")
