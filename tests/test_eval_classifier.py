@@ -164,11 +164,13 @@ def test_labels_outside_label_space_raise_data_error():
         train_and_evaluate(dataclasses.replace(inputs, zsl_train_y=bad), FAST)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_blockwise_finite_check_sees_every_block(bad):
-    x = torch.zeros(7, 3)
-    assert _all_finite(x, rows=2)
-    for row in (0, 3, 6):  # first, middle and the short last block
+def test_finite_check_sees_any_single_bad_value(bad, dtype):
+    x = torch.rand(37, 1031).to(dtype)  # odd sizes: the reduction's vectorised body and its scalar tail
+    assert _all_finite(x) and _all_finite(x[:0])
+    for row, col in ((0, 0), (18, 517), (36, 1030), (36, 1027)):
         y = x.clone()
-        y[row, 1] = bad
-        assert not _all_finite(y, rows=2)
+        y[row, col] = bad
+        assert not _all_finite(y), (row, col)
+        assert not _all_finite(y.T)  # a non-contiguous view

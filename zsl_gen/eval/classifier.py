@@ -224,10 +224,15 @@ def calibrated_argmax(scores: torch.Tensor, seen_columns: torch.Tensor, gammas: 
     return (scores[None] - shift).argmax(dim=2)
 
 
-def _all_finite(x: torch.Tensor, rows: int = 4096) -> bool:
-    """``torch.isfinite(x).all()`` by row blocks: ``isfinite`` materialises ``|x|`` and two masks, which on a
-    whole AWA2 training set (41k x 2048) is a 0.5 GB transient; by blocks it is a few MB."""
-    return all(bool(torch.isfinite(x[i:i + rows]).all()) for i in range(0, x.shape[0], rows))
+def _all_finite(x: torch.Tensor) -> bool:
+    """``torch.isfinite(x).all()`` from one ``aminmax`` reduction: NaN propagates into both extremes and
+    ±Inf shows up in one of them. ``isfinite`` materialises ``|x|`` and three masks (a 0.5 GB transient on
+    a whole AWA2 training set) and, on CPU, took 100 ms (bf16) to 340 ms (fp32) on f-CLSWGAN's CUB training
+    set, a sizeable part of a classifier evaluation; this reads ``x`` once (3–6 ms)."""
+    if x.numel() == 0:
+        return True
+    low, high = torch.aminmax(x)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _prepare(inputs: ClassifierInputs) -> SimpleNamespace:
