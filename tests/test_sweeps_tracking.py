@@ -98,6 +98,9 @@ def test_csv_logger_writes_per_epoch_s_u_h(seed_multirun):
     assert len(h) == 2  # one evaluation per generator epoch
     # the `paper` selection is the best H measured on test over all epochs: what the logger saw
     assert max(h) == pytest.approx(results_of(seed_multirun / "0")["results"]["paper"]["gzsl"]["H"], abs=0.01)
+    # the generator's training loss: one epoch mean per epoch (handed to Lightning at each epoch's last step)
+    vae = [float(r["train/vae"]) for r in rows if r.get("train/vae")]
+    assert len(vae) == 2 and all(math.isfinite(v) and v > 0 for v in vae)
 
 
 def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):

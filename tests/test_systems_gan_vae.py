@@ -464,3 +464,21 @@ def test_evaluation_frees_gradients_and_kept_memory_before_building_classifier_i
     evaluation = callbacks.GZSLEvaluation(tiny_data, ClassifierConfig(epochs=2, batch_size=16), syn_num=5)
     trainer(2, callbacks=[evaluation], limit_train_batches=2).fit(system)
     assert events == ["release", ("inputs", True)] * 2
+
+
+def test_epoch_means_are_logged_once_per_epoch_as_the_batch_weighted_mean():
+    from types import SimpleNamespace
+
+    system = ConditionalVAE(feature_dim=8, semantic_dim=4, hidden_dim=16)
+    logged = []
+    system.log_dict = lambda values, **kwargs: logged.append(({k: float(v) for k, v in values.items()}, kwargs))
+    system._trainer = SimpleNamespace(num_training_batches=3)
+    for epoch_values in ([1.0, 2.0, 3.0], [5.0, 5.0, 8.0]):
+        for batch_idx, (value, n) in enumerate(zip(epoch_values, (4, 4, 2))):
+            system.log_epoch_means({"train/a": torch.tensor(value), "train/b": 2 * torch.tensor(value),
+                                    "train/w": 0.5}, batch_size=n, batch_idx=batch_idx)
+            assert len(logged) == (batch_idx == 2) + (epoch_values[0] == 5.0)  # only at the last step
+    # (4·1 + 4·2 + 2·3) / 10, then a fresh epoch: (4·5 + 4·5 + 2·8) / 10 — what Lightning's on_epoch mean gives
+    assert logged[0][0] == pytest.approx({"train/a": 1.8, "train/b": 3.6, "train/w": 0.5})
+    assert logged[1][0] == pytest.approx({"train/a": 5.6, "train/b": 11.2, "train/w": 0.5})
+    assert logged[0][1]["on_epoch"] is True and logged[0][1]["on_step"] is False

@@ -10,7 +10,7 @@ are index tensors drawn by ``IndexBatches``, no DataLoader workers.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -79,6 +79,45 @@ class GeneratorSystem(pl.LightningModule):
         super().__init__()
         self._data: ZSLData | None = None
         self.sampling_seed = 0
+        self._epoch_sums: dict[str, Any] = {}
+        self._epoch_weight = 0
+
+    # ---- logging ----------------------------------------------------------------------------------------
+    def log_epoch_means(self, values: dict[str, torch.Tensor | float], batch_size: int, batch_idx: int) -> None:
+        """Log per-step scalars as their epoch means weighted by ``batch_size``: exactly what
+        ``self.log_dict(values, on_step=False, on_epoch=True, batch_size=batch_size)`` logs every step.
+
+        The sums are kept here (one stacked device tensor for the tensor values, Python floats for the
+        rest) and handed to Lightning once, at the epoch's last step: ``self.log`` costs about a
+        millisecond per key and call on CPU (CADA-VAE's 8 keys were 20% of its step time).
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return
+        last = trainer.num_training_batches
+        if not math.isfinite(last):  # no known epoch length: let Lightning aggregate every step
+            self.log_dict(values, on_step=False, on_epoch=True, batch_size=batch_size)
+            return
+        if batch_idx == 0:
+            self._epoch_sums, self._epoch_weight = {}, 0
+        tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            stacked = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]) * batch_size
+            key = tuple(tensors)
+            self._epoch_sums[key] = stacked if key not in self._epoch_sums else self._epoch_sums[key] + stacked
+        for k, v in values.items():
+            if not isinstance(v, torch.Tensor):
+                self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + float(v) * batch_size
+        self._epoch_weight += batch_size
+        if batch_idx == int(last) - 1:
+            means: dict[str, torch.Tensor | float] = {}
+            for key, total in self._epoch_sums.items():
+                if isinstance(key, tuple):
+                    means.update(zip(key, (total / self._epoch_weight).unbind()))
+                else:
+                    means[key] = total / self._epoch_weight
+            self.log_dict(means, on_step=False, on_epoch=True, batch_size=self._epoch_weight)
+            self._epoch_sums, self._epoch_weight = {}, 0
 
     # ---- data -----------------------------------------------------------------------------------------
     def set_data(self, data: ZSLData, seed: int = 0) -> None:

@@ -143,13 +143,10 @@ class CADAVAE(GeneratorSystem):
         if w["align"] > 0:
             loss = loss + w["align"] * align
 
-        n = x.shape[0]
-        self.log_dict({"train/loss": loss.detach(), "train/reconstruction": rec.detach(),
-                       "train/cross_reconstruction": cross.detach(), "train/kl": kl.detach(),
-                       "train/alignment": align.detach()},
-                      on_step=False, on_epoch=True, batch_size=n)
-        self.log_dict({f"train/weight_{k}": float(v) for k, v in w.items()},
-                      on_step=False, on_epoch=True, batch_size=n)
+        self.log_epoch_means({"train/loss": loss, "train/reconstruction": rec,
+                              "train/cross_reconstruction": cross, "train/kl": kl, "train/alignment": align,
+                              **{f"train/weight_{k}": float(v) for k, v in w.items()}},
+                             batch_size=x.shape[0], batch_idx=batch_idx)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

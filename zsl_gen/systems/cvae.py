@@ -76,7 +76,7 @@ class ConditionalVAE(GeneratorSystem):
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, _, a = self.batch(idx[0])
         _, loss = self._vae_forward(x, a)
-        self.log("train/vae", loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        self.log_epoch_means({"train/vae": loss}, batch_size=x.shape[0], batch_idx=batch_idx)
         return loss
 
     # ---- synthesis ---------------------------------------------------------------------------------------

@@ -169,9 +169,8 @@ class FCLSWGAN(GeneratorSystem):
             opt_g.zero_grad()
             self.manual_backward(loss_g)
             opt_g.step()
-        self.log_dict({"train/loss_d": loss_d, "train/wasserstein": wasserstein, "train/grad_norm": grad_norm,
-                       "train/loss_g": loss_g.detach(), "train/cls": cls.detach()},
-                      on_step=False, on_epoch=True, batch_size=x.shape[0])
+        self.log_epoch_means({"train/loss_d": loss_d, "train/wasserstein": wasserstein, "train/grad_norm": grad_norm,
+                              "train/loss_g": loss_g, "train/cls": cls}, batch_size=x.shape[0], batch_idx=batch_idx)
 
     # ---- synthesis ---------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -121,9 +121,9 @@ class FVAEGAN(ConditionalVAE):
             self.gp_weight.copy_(adapt_lambda(self.gp_weight, stat))
         x, _, a = self.batch(idx[-1])
         stats.update(self._generator_step(opts, x, a, feedback), lambda_gp=self.gp_weight)
-        # logged once per step, not per critic step: Lightning spends milliseconds per logged key
-        self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=False, on_epoch=True,
-                      batch_size=x.shape[0])
+        # accumulated per step (not per critic step) and handed to Lightning once per epoch
+        self.log_epoch_means({f"train/{k}": v for k, v in stats.items()}, batch_size=x.shape[0],
+                             batch_idx=batch_idx)
 
     def _critic_fakes_fixed(self, feedback: bool) -> bool:
         """Whether the critic updates' fakes can be generated before the first of them: E and G do not
