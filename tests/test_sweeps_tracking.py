@@ -117,11 +117,25 @@ def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):
     report = proc.stderr.split("1 job(s) failed")[1]
     assert str(multi / "0") in report and "eval_every" in report and str(multi / "1") not in report
 
-    # the same sweep rerun into the same directory, now passing: the stale error.txt goes, exit status 0
+    # the same sweep rerun into the same directory, now passing: the stale error.txt goes, exit status 0;
+    # an old job directory this sweep does not reach (an earlier, larger sweep) does not count either
+    (multi / "7").mkdir()
+    (multi / "7" / "error.txt").write_text("from an earlier sweep\n")
     proc = zsl_multirun(tmp_path, "eval_every=2,1", *TINY, "selections=[paper]")
     assert proc.returncode == 0, proc.stderr
     assert not (multi / "0" / "error.txt").exists() and results_of(multi / "0")["protocol"]["eval_every"] == 2
     assert "failed" not in proc.stderr
+
+
+def test_failed_multirun_exit_status_also_under_python_m(tmp_path, no_wandb):
+    # under `python -m` the module Hydra imports the callback from is not `__main__`
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "zsl_gen.cli.train", "-m", f"hydra.sweep.dir={tmp_path / 'multi'}",
+                           "eval_every=0", *TINY], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "1 job(s) failed" in proc.stderr
 
 
 def test_optuna_sweep_maximises_the_returned_validation_h(tmp_path, no_wandb):
@@ -258,6 +272,25 @@ def test_wandb_offline_multirun_makes_one_finished_run_per_job(tmp_path, monkeyp
         assert f"wandb sync {multi / job}/wandb/offline-run-*" in log_text
     assert run_ids[0] != run_ids[1]
     assert results_of(multi / "0")["seed"] == 0 and results_of(multi / "1")["seed"] == 1
+
+
+def test_val_split_run_trains_on_val_only_and_hands_its_loggers_the_final_results(tmp_path, monkeypatch):
+    import zsl_gen.pipeline
+
+    seen = []
+    monkeypatch.setattr(zsl_gen.pipeline, "log_final_results",
+                        lambda loggers, results, export_dir: seen.append(([type(x).__name__ for x in loggers],
+                                                                          sorted(results["results"]))))
+    proc = zsl_train(tmp_path, "logger=csv", *TINY, "selections=[val_split]")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    results = results_of(run)
+    assert results["protocol"]["splits_run"] == ["val"] and list(results["results"]) == ["val_split"]
+    assert results["generator_export"] is None and not (run / "generator").exists()
+    assert not (run / "checkpoints" / "test").exists() and (run / "preprocessing.json").is_file()
+    # the val run's loggers stay open for the final results (a W&B search trial keeps its objective)
+    assert seen == [(["CSVLogger"], ["val_split"])]
+    assert "test split was not run" in proc.stdout
 
 
 def test_wandb_disabled_runs_without_writing_a_run(tmp_path, monkeypatch):

@@ -252,7 +252,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
             log.info("%s: training on split=%s (%d training samples)%s", cfg.generator.name, split,
                      len(data.train_y), f", resuming from {ckpt}" if ckpt else "")
             stacks[split], system, loggers = train_generator(cfg, data, output_dir, ckpt,
-                                                             keep_loggers_open=split == "test")
+                                                             keep_loggers_open=split == splits[-1])
             open_loggers.extend(loggers)
         # the split's completion record (exact values), read back when a later split is resumed
         if is_rank_zero():

@@ -76,7 +76,9 @@ def summary_table(results: dict[str, Any]) -> str:
         label = name + ("*" if sel["optimistic"] else "")
         lines.append(f"{label:<10} {g['S']:6.2f} {g['U']:6.2f} {g['H']:6.2f} {sel['zsl']['T1']:6.2f}   "
                      f"{where} " + ("(fixed)" if sel["chosen_on"] == "fixed" else f"(on {sel['chosen_on']})")
-                     + (" — scores on split=val, no test run" if sel.get("evaluated_on") == "val" else ""))
+                     + (" — scores on split=val" if sel.get("evaluated_on") == "val" else ""))
+    if "test" not in results.get("protocol", {}).get("splits_run", ["test"]):
+        lines.append("(val_split only: the test split was not run; run selections=[paper,val] for test numbers)")
     if any(s["optimistic"] for s in results["results"].values()):
         lines.append("* paper: best epoch measured on the test split, as published — optimistic.")
     return "\n".join(lines)

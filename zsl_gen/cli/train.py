@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -60,30 +60,43 @@ FAILED_JOBS: list[Path] = []  # this process's multirun failures, read by `main`
 class FailedJobsReport(Callback):
     """After a multirun: list the jobs that failed (their directory and the last line of ``error.txt``).
 
-    Only ``error.txt`` files written since this multirun started count: a sweep dir reused from an
-    earlier, larger sweep may still hold old ones.
+    Only ``error.txt`` files this multirun wrote count: a sweep dir reused from an earlier, larger sweep
+    may still hold old ones, so the files present at the start are remembered (by inode and mtime, no
+    clock comparison: jobs on other hosts write them) and count only if rewritten.
     """
 
     def __init__(self) -> None:
-        self.started = 0.0
+        self.before: dict[Path, tuple[int, int]] = {}
+
+    @staticmethod
+    def _errors(sweep_dir: str) -> dict[Path, tuple[int, int]]:
+        found = {}
+        for path in sorted(Path(sweep_dir).glob("*/error.txt")):
+            stat = path.stat()
+            found[path] = (stat.st_ino, stat.st_mtime_ns)
+        return found
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.started = time.time()
+        self.before = self._errors(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        failed = [path for path in sorted(Path(config.hydra.sweep.dir).glob("*/error.txt"))
-                  if path.stat().st_mtime >= self.started - 1.0]  # 1 s: coarse file-system clocks
+        failed = [path for path, stamp in self._errors(config.hydra.sweep.dir).items()
+                  if self.before.get(path) != stamp]
         FAILED_JOBS[:] = failed
         if failed:
             print(f"{len(failed)} job(s) failed; the others' results are in place:", file=sys.stderr)
             for path in failed:
-                print(f"  {path.parent}: {path.read_text().strip().splitlines()[-1]}", file=sys.stderr)
+                last = (path.read_text().strip().splitlines() or ["(empty error.txt)"])[-1]
+                print(f"  {path.parent}: {last}", file=sys.stderr)
 
 
 def main() -> None:
-    FAILED_JOBS.clear()
+    # the list the callback fills: Hydra imports it as `zsl_gen.cli.train`, which under `python -m` is
+    # another module object than this `__main__`
+    failed = importlib.import_module("zsl_gen.cli.train").FAILED_JOBS
+    failed.clear()
     train_app()
-    if FAILED_JOBS:  # the multirun finished, but not every job did: scripts and CI must see it
+    if failed:  # the multirun finished, but not every job did: scripts and CI must see it
         sys.exit(1)
 
 
