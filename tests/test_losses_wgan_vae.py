@@ -41,6 +41,25 @@ def test_bce_is_finite_at_saturated_outputs_and_sends_no_gradient_to_the_target(
     assert torch.isfinite(loss) and target.grad is None
 
 
+def test_vae_losses_and_sigmoid_output_run_in_float32_under_bf16_autocast():
+    from zsl_gen.models.networks import ConditionalGenerator
+
+    torch.manual_seed(0)
+    g = ConditionalGenerator(4, 3, 6, hidden_dim=8, output="sigmoid")
+    with torch.no_grad():
+        g.fc2.bias.fill_(6.0)  # sigmoid ≈ 0.9975: bf16 has no value between 0.99609 and 1.0
+    z, a, target = torch.randn(5, 4), torch.randn(5, 3), torch.rand(5, 6)
+    mu, logvar = torch.randn(5, 2, requires_grad=True), torch.randn(5, 2, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recon = g(z, a)
+        loss = V.vae_loss(recon, target, mu.to(torch.bfloat16), logvar.to(torch.bfloat16))
+    assert recon.dtype == torch.float32 and loss.dtype == torch.float32
+    assert bool((recon < 0.999).all()) and bool((recon > 0.99).all())  # not rounded onto 1.0 or 0.99609
+    assert V.kl_divergence(mu.to(torch.bfloat16), logvar.to(torch.bfloat16)).dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(g.fc2.bias.grad).all() and torch.isfinite(logvar.grad).all()
+
+
 def test_vae_loss_is_bce_plus_kl():
     recon, target = torch.full((2, 3), 0.25), torch.ones(2, 3)
     mu, logvar = torch.ones(2, 4), torch.zeros(2, 4)

@@ -28,6 +28,7 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     Returns:
         scalar (≥ 0; 0 exactly when μ = 0 and logvar = 0).
     """
+    mu, logvar = mu.float(), logvar.float()  # float32 under bf16 autocast too (a no-op in fp32)
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
 
 
@@ -44,7 +45,8 @@ def bce_reconstruction(recon: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     Returns:
         scalar.
     """
-    return F.binary_cross_entropy(recon, target.detach(), reduction="sum") / recon.shape[0]
+    # float32 under bf16 autocast too: 1 − r near 1 needs float32's resolution (a no-op in fp32)
+    return F.binary_cross_entropy(recon.float(), target.detach().float(), reduction="sum") / recon.shape[0]
 
 
 def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,

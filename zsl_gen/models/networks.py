@@ -68,7 +68,7 @@ class ConditionalGenerator(nn.Module):
                 ``feedback_weight`` (tf-VAEGAN's a1 in training, a2 at synthesis).
 
         Returns:
-            ``(B, D)``.
+            ``(B, D)``; float32 for the sigmoid output also under bf16 autocast.
         """
         h = F.leaky_relu(self.fc1(torch.cat([z, a], dim=1)), 0.2)
         if feedback is not None:
@@ -77,7 +77,10 @@ class ConditionalGenerator(nn.Module):
         if self.output == "relu":
             return F.relu(x)
         if self.output == "sigmoid":
-            return torch.sigmoid(x)
+            # in float32 even under bf16 autocast: bf16 has 8 mantissa bits, so every output above
+            # 0.998 rounds to exactly 1.0, where the BCE gradient (r − t) / (r (1 − r)) is divided by ~0
+            # (torch clamps the denominator at 1e-12) and training blows up (f-VAE bf16, CUB, epoch 112)
+            return torch.sigmoid(x.float())
         return x
 
 
