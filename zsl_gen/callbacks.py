@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -11,8 +14,11 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
 from zsl_gen.data.types import ZSLData
+from zsl_gen.errors import TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, EvalCurves, train_and_evaluate
 from zsl_gen.runtime import release_freed_memory
+
+log = logging.getLogger(__name__)
 
 
 class GZSLEvaluation(pl.Callback):
@@ -68,6 +74,96 @@ class GZSLEvaluation(pl.Callback):
                                                 T1=np.asarray(r["T1"]), gammas=tuple(r["gammas"]),
                                                 row_labels=r["row_labels"]))
                         for r in state_dict["records"]]
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops generator training with one clear ``TrainingDiverged`` error when it produces non-finite values,
+    and warns when a non-negative training loss explodes while staying finite.
+
+    At each epoch end (before evaluation and checkpointing, so no checkpoint holds a diverged model): the
+    epoch's ``train/*`` means and every parameter must be finite. A mid-epoch failure of the same kind (a loss
+    raising ``TrainingDiverged``) is explained by ``explain`` with the same context. A non-negative
+    ``train/*`` mean that rises above ``explode_factor`` × its lowest earlier epoch mean is recorded in
+    ``warnings`` (and logged): the run goes on, the selections choose among the evaluated epochs, but the
+    last-epoch generator is likely the diverged one.
+
+    Args:
+        split: the protocol split trained (for messages); ckpt_dir: where this split's checkpoints go.
+        explode_factor: rise over the lowest epoch mean that counts as an explosion.
+    """
+
+    def __init__(self, split: str, ckpt_dir: Path, explode_factor: float = 100.0):
+        self.split, self.ckpt_dir, self.explode_factor = split, Path(ckpt_dir), explode_factor
+        self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, train/* means), in order
+        self.warnings: list[str] = []
+        self._warned: set[str] = set()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        means = {k: float(v) for k, v in trainer.callback_metrics.items()
+                 if k.startswith("train/") and v.numel() == 1}
+        self.history.append((epoch, means))
+        bad = sorted(k for k, v in means.items() if not math.isfinite(v))
+        if bad:
+            raise TrainingDiverged(f"the epoch mean of {', '.join(bad)} is not finite")
+        bad_params = nonfinite_parameters(pl_module)
+        if bad_params:
+            raise TrainingDiverged(f"parameters {', '.join(bad_params[:4])}{' …' if len(bad_params) > 4 else ''} "
+                                   "are not finite")
+        self._warn_on_explosion(epoch, means)
+
+    def _warn_on_explosion(self, epoch: int, means: dict[str, float]) -> None:
+        for key, value in means.items():
+            earlier = [(e, m[key]) for e, m in self.history[:-1] if key in m]
+            if key in self._warned or not earlier or value < 0 or any(v < 0 for _, v in earlier):
+                continue
+            low_epoch, low = min(earlier, key=lambda ev: ev[1])
+            if low > 0 and value > self.explode_factor * low:
+                self._warned.add(key)
+                message = (f"split={self.split}, epoch {epoch}: {key} rose to {value:.4g}, {value / low:.3g}× its "
+                           f"lowest epoch mean ({low:.4g} at epoch {low_epoch}): training is diverging. The "
+                           "selections still choose among the evaluated epochs, but the last-epoch generator "
+                           "(last.ckpt, the exported generator) is likely the diverged one; lower the learning "
+                           "rate (generator.system.lr) or train fewer epochs")
+                self.warnings.append(message)
+                log.warning(message)
+
+    def explain(self, reason: str, pl_module: pl.LightningModule, epochs: int | None = None) -> TrainingDiverged:
+        """The user-facing error: where it happened, the loss trajectory before it, what is kept, the fix."""
+        epoch = pl_module.current_epoch + 1 if pl_module._trainer is not None else len(self.history)
+        trail = "; ".join(f"{e}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.items()))
+                          for e, m in self.history[-4:])
+        kept = sorted(p.name for p in self.ckpt_dir.glob("*.ckpt")) if self.ckpt_dir.is_dir() else []
+        lr = pl_module.hparams.get("lr") if hasattr(pl_module, "hparams") else None
+        bf16 = pl_module._trainer is not None and "bf16" in str(pl_module._trainer.precision)
+        return TrainingDiverged(
+            f"generator training diverged on split={self.split} in epoch {epoch}"
+            f"{f' of {epochs}' if epochs else ''}: {reason}."
+            + (f" Training-loss epoch means (last {min(4, len(self.history))} epochs): {trail}." if trail else "")
+            + (f" The evaluated epochs' checkpoints are kept in {self.ckpt_dir} ({', '.join(kept)})." if kept
+               else " No evaluated epoch was checkpointed before it.")
+            + f" Fix: lower the learning rate (generator.system.lr{f', now {lr:g}' if lr is not None else ''})"
+            + (", train fewer epochs (generator.epochs), or run in fp32 (precision=fp32)." if bf16
+               else " or train fewer epochs (generator.epochs)."))
+
+    def state_dict(self) -> dict:
+        return {"history": [[e, m] for e, m in self.history], "warnings": list(self.warnings),
+                "warned": sorted(self._warned)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [(int(e), dict(m)) for e, m in state_dict.get("history", [])]
+        self.warnings = list(state_dict.get("warnings", []))
+        self._warned = set(state_dict.get("warned", []))
+
+
+def nonfinite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of ``module``'s parameters holding NaN or ±Inf (one ``aminmax`` reduction per tensor)."""
+    named = [(name, p) for name, p in module.named_parameters() if p.numel()]
+    if not named:
+        return []
+    extremes = torch.stack([torch.stack(torch.aminmax(p.detach())).float() for _, p in named])
+    finite = torch.isfinite(extremes).all(dim=1).tolist()  # one host sync for all tensors
+    return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
 class EpochLine(pl.Callback):

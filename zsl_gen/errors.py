@@ -22,3 +22,7 @@ class CheckpointError(ZSLGenError):
 
 class DownloadError(ZSLGenError):
     """A dataset archive could not be fetched or verified."""
+
+
+class TrainingDiverged(ZSLGenError):
+    """Generator training produced non-finite values (NaN/Inf losses, parameters or outputs)."""

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from zsl_gen.callbacks import GZSLEvaluation, progress_callbacks
+from zsl_gen.callbacks import DivergenceGuard, GZSLEvaluation, progress_callbacks
 from zsl_gen.config import instantiate, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.types import ZSLData
-from zsl_gen.errors import CheckpointError, ConfigError
+from zsl_gen.errors import CheckpointError, ConfigError, TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, eszsl_curves
 from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.export import export_generator
@@ -87,11 +87,23 @@ def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
                           val_seen_fraction=ds.val_seen_fraction, seed=cfg.seed)
 
 
+class TrainedSplit(NamedTuple):
+    """What training on one protocol split leaves: its evaluation curves, the trained system, the loggers
+    still open (``keep_loggers_open``) and the divergence warnings of ``DivergenceGuard``."""
+
+    curves: CurveStack
+    system: pl.LightningModule
+    open_loggers: list
+    warnings: list[str]
+
+
 def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path: Path | None = None,
-                    keep_loggers_open: bool = False) -> tuple[CurveStack, pl.LightningModule, list]:
+                    keep_loggers_open: bool = False) -> TrainedSplit:
     """Train the configured generator on ``data`` (one protocol), evaluating on its schedule; with
     ``ckpt_path``, continue an interrupted training from that checkpoint. With ``keep_loggers_open`` the
-    loggers are returned unfinished (the caller logs the final results into them, then finishes them)."""
+    loggers are returned unfinished (the caller logs the final results into them, then finishes them).
+    Raises ``TrainingDiverged`` (one message: where, the loss trajectory, what is kept, the fix) when
+    training produces non-finite values."""
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     if cfg.get("keep_freed_memory", True):  # from here on: the data is loaded, training starts
         keep_freed_memory()
@@ -109,22 +121,27 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
                                    every_n_epochs=int(cfg.eval_every)),
                    ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                    every_n_epochs=int(cfg.eval_every), enable_version_counter=False)]
+    # first among the epoch-end callbacks: a diverged epoch is neither evaluated nor checkpointed
+    guard = DivergenceGuard(data.split, ckpt_dir)
     loggers = build_loggers(cfg, data.split, run_name=f"{cfg.generator.name}-{data.name}-seed{cfg.seed}")
     try:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer = instantiate(cfg.trainer, max_epochs=generator_epochs(cfg),
-                              callbacks=[evaluation, *checkpoints, *progress_callbacks()],
+                              callbacks=[guard, evaluation, *checkpoints, *progress_callbacks()],
                               enable_progress_bar=sys.stdout.isatty(), logger=loggers or False,
                               default_root_dir=str(output_dir))
         trainer.fit(system, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except TrainingDiverged as err:
+        finish_loggers(loggers)
+        raise guard.explain(str(err), system, generator_epochs(cfg)) from None
     except BaseException:
         finish_loggers(loggers)
         raise
-    if keep_loggers_open:
-        return CurveStack.from_records(evaluation.records), system, loggers
-    finish_loggers(loggers)
-    return CurveStack.from_records(evaluation.records), system, []
+    if not keep_loggers_open:
+        finish_loggers(loggers)
+        loggers = []
+    return TrainedSplit(CurveStack.from_records(evaluation.records), system, loggers, list(guard.warnings))
 
 
 @dataclass
@@ -236,6 +253,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     """Train/evaluate each split in order, select, write the result files (see ``run``)."""
     stacks: dict[str, CurveStack] = {}
     timing: dict[str, float] = {}
+    training_warnings: list[str] = []  # divergence the run survived (DivergenceGuard)
     data = None
     for split in splits:
         data = protocol_data(cfg, raw, split)
@@ -251,9 +269,10 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
             ckpt = resume.ckpt_path if split == resume.split else None
             log.info("%s: training on split=%s (%d training samples)%s", cfg.generator.name, split,
                      len(data.train_y), f", resuming from {ckpt}" if ckpt else "")
-            stacks[split], system, loggers = train_generator(cfg, data, output_dir, ckpt,
-                                                             keep_loggers_open=split == splits[-1])
-            open_loggers.extend(loggers)
+            trained = train_generator(cfg, data, output_dir, ckpt, keep_loggers_open=split == splits[-1])
+            stacks[split], system = trained.curves, trained.system
+            open_loggers.extend(trained.open_loggers)
+            training_warnings.extend(trained.warnings)
         # the split's completion record (exact values), read back when a later split is resumed
         if is_rank_zero():
             write_json_atomic(output_dir / "splits" / f"{split}.json", stacks[split].as_dict(percent=False))
@@ -274,6 +293,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
                      "val_seen_fraction": float(cfg.dataset.val_seen_fraction)},
         "results": select(stacks, selections),
         "timing": timing,
+        "warnings": training_warnings,
         "generator_export": str(output_dir / "generator") if exported else None,
         "device": str(torch.device("cuda") if cfg.trainer.get("accelerator") == "gpu" else "cpu"),
         "config": OmegaConf.to_container(cfg, resolve=True),

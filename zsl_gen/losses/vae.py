@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zsl_gen.errors import ConfigError
+from zsl_gen.errors import ConfigError, TrainingDiverged
 
 SEMANTIC_RECONSTRUCTIONS = ("weighted_l1", "l1")
 
@@ -44,9 +44,19 @@ def bce_reconstruction(recon: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
     Returns:
         scalar.
+
+    Raises:
+        TrainingDiverged: ``recon`` contains NaN (torch's kernel would raise an opaque range error).
     """
     # float32 under bf16 autocast too: 1 − r near 1 needs float32's resolution (a no-op in fp32)
-    return F.binary_cross_entropy(recon.float(), target.detach().float(), reduction="sum") / recon.shape[0]
+    try:
+        return F.binary_cross_entropy(recon.float(), target.detach().float(), reduction="sum") / recon.shape[0]
+    except RuntimeError as err:
+        # torch refuses inputs outside [0, 1]; a sigmoid output is outside only when it is NaN, i.e. the
+        # generator diverged. Checked here, on the failure path only: no per-step host sync.
+        if not bool(torch.isfinite(recon).all()):
+            raise TrainingDiverged("the generator's reconstruction contains NaN (its input or weights overflowed)") from err
+        raise
 
 
 def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,

@@ -1,0 +1,101 @@
+"""Diverging generator training: one clear error for non-finite values, a recorded warning for a finite
+explosion, and the pieces behind them (the guard callback, the BCE failure path)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cli_helpers import TINY, zsl_train
+from zsl_gen.callbacks import DivergenceGuard, nonfinite_parameters
+from zsl_gen.errors import TrainingDiverged
+from zsl_gen.losses.vae import bce_reconstruction
+
+
+def epoch_end(guard: DivergenceGuard, module: torch.nn.Module, epoch: int, **means: float) -> None:
+    """Call the guard's epoch-end hook as Lightning would, with these ``train/*`` epoch means logged."""
+    metrics = {f"train/{k}": torch.tensor(v) for k, v in means.items()} | {"val/H": torch.tensor(50.0)}
+    guard.on_train_epoch_end(SimpleNamespace(current_epoch=epoch - 1, callback_metrics=metrics), module)
+
+
+def test_a_nan_epoch_mean_stops_training(tmp_path):
+    guard, net = DivergenceGuard("val", tmp_path), torch.nn.Linear(3, 2)
+    epoch_end(guard, net, 1, vae=900.0)
+    with pytest.raises(TrainingDiverged, match="train/vae is not finite"):
+        epoch_end(guard, net, 2, vae=float("nan"))
+
+
+def test_non_finite_parameters_stop_training_and_are_named(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    assert nonfinite_parameters(net) == []
+    with torch.no_grad():
+        net[1].bias[1] = float("-inf")
+    assert nonfinite_parameters(net) == ["1.bias"]
+    with pytest.raises(TrainingDiverged, match=r"parameters 1\.bias are not finite"):
+        epoch_end(DivergenceGuard("test", tmp_path), net, 1, loss=1.0)
+
+
+def test_a_finite_explosion_of_a_non_negative_loss_is_warned_once(tmp_path):
+    guard, net = DivergenceGuard("val", tmp_path), torch.nn.Linear(3, 2)
+    for epoch, value in enumerate([944.0, 600.0, 580.0, 5.0e4, 1.0e14], start=1):
+        epoch_end(guard, net, epoch, vae=value)
+    assert len(guard.warnings) == 1
+    assert "epoch 5: train/vae rose to 1e+14" in guard.warnings[0] and "580 at epoch 3" in guard.warnings[0]
+
+
+def test_signed_losses_never_count_as_exploding(tmp_path):
+    # a WGAN critic loss changes sign and scale legitimately
+    guard, net = DivergenceGuard("val", tmp_path), torch.nn.Linear(3, 2)
+    for epoch, value in enumerate([-0.1, 0.01, 50.0, 3000.0], start=1):
+        epoch_end(guard, net, epoch, critic=value)
+    assert guard.warnings == []
+
+
+def test_the_guard_state_survives_a_checkpoint(tmp_path):
+    guard, net = DivergenceGuard("val", tmp_path), torch.nn.Linear(3, 2)
+    for epoch, value in enumerate([10.0, 1e4], start=1):
+        epoch_end(guard, net, epoch, vae=value)
+    restored = DivergenceGuard("val", tmp_path)
+    restored.load_state_dict(json.loads(json.dumps(guard.state_dict())))  # plain data only
+    assert restored.history == guard.history and restored.warnings == guard.warnings
+    epoch_end(restored, net, 3, vae=1e6)
+    assert len(restored.warnings) == 1  # not warned twice for the same key
+
+
+def test_bce_on_a_nan_reconstruction_says_the_generator_diverged():
+    target = torch.rand(4, 6)
+    recon = torch.sigmoid(torch.randn(4, 6))
+    assert torch.isfinite(bce_reconstruction(recon, target))
+    recon[2, 3] = float("nan")
+    with pytest.raises(TrainingDiverged, match="reconstruction contains NaN"):
+        bce_reconstruction(recon, target)
+    with pytest.raises(RuntimeError, match="between 0 and 1") as info:  # other range errors stay torch's
+        bce_reconstruction(torch.full((2, 2), 1.5), torch.rand(2, 2))
+    assert not isinstance(info.value, TrainingDiverged)
+
+
+def test_zsl_train_reports_divergence_as_one_clear_error(tmp_path):
+    # lr 1 blows the encoder's log-variance up within the first steps: exp overflows, the decoder gets NaN
+    proc = zsl_train(tmp_path, *TINY, "generator.system.lr=1", "logger=none")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "error: generator training diverged on split=val in epoch 1 of 2" in proc.stderr
+    assert "generator.system.lr, now 1) or train fewer epochs" in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # the diverged epoch was not checkpointed
+
+
+def test_divergence_under_bf16_suggests_fp32(tmp_path):
+    proc = zsl_train(tmp_path, *TINY, "generator.system.lr=1", "logger=none", "precision=bf16")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "or run in fp32 (precision=fp32)" in proc.stderr
+
+
+def test_zsl_train_records_a_survived_explosion_in_results(tmp_path):
+    proc = zsl_train(tmp_path, *TINY, "generator.system.lr=0.05", "logger=none", "selections=[val_split]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = json.loads((tmp_path / "run" / "results.json").read_text())["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("split=val, epoch 2: train/vae rose to")
