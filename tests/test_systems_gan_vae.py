@@ -404,6 +404,9 @@ PUBLISHED = {
     "tfvaegan_flo": (806, 500, 1200, 1e-3, dict(lr=1e-4, gamma_d=10, gamma_g=10, recons_weight=0.01, a1=0.5,
                                                 a2=0.5, feedback_lr=1e-5, encoded_noise=False)),
     "fvaegan_cub": (3483, 300, 300, 1e-3, dict(lr=1e-3, batch_size=512)),
+    # f-VAE has no published setting: f-VAEGAN's CUB schedule at tf-VAEGAN's CUB lr (1e-3 diverges)
+    "cvae_cub": (3483, 300, 300, 1e-3, dict(lr=1e-4, batch_size=512)),
+    "cvae_cub_sent": (3483, 300, 300, 1e-3, dict(lr=1e-4, batch_size=512)),
 }
 
 
@@ -440,7 +443,10 @@ def test_generator_group_shape_and_cub_defaults(name):
     # every constructor hyper-parameter but the dimensions is spelled out in the group
     assert set(system.hparams) - {"feature_dim", "semantic_dim"} == set(cfg.generator.system) - {"_target_"}
     experiment = compose_train([f"experiment={name}_cub"])
-    assert OmegaConf.to_container(experiment.generator.system) == OmegaConf.to_container(cfg.generator.system)
+    expected = OmegaConf.to_container(cfg.generator.system)
+    if name == "cvae":  # the one documented exception: f-VAE on CUB runs at tf-VAEGAN's lr (diverges at 1e-3)
+        expected["lr"] = 1.0e-4
+    assert OmegaConf.to_container(experiment.generator.system) == expected
     assert (experiment.generator.epochs, experiment.generator.syn_num) == (cfg.generator.epochs,
                                                                             cfg.generator.syn_num)
 
