@@ -134,7 +134,7 @@ class DivergenceGuard(pl.Callback):
         trail = "; ".join(f"{e}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m.items()))
                           for e, m in self.history[-4:])
         kept = sorted(p.name for p in self.ckpt_dir.glob("*.ckpt")) if self.ckpt_dir.is_dir() else []
-        lr = pl_module.hparams.get("lr") if hasattr(pl_module, "hparams") else None
+        lr = pl_module.hparams.get("lr")
         bf16 = pl_module._trainer is not None and "bf16" in str(pl_module._trainer.precision)
         return TrainingDiverged(
             f"generator training diverged on split={self.split} in epoch {epoch}"

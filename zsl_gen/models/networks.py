@@ -78,8 +78,9 @@ class ConditionalGenerator(nn.Module):
             return F.relu(x)
         if self.output == "sigmoid":
             # in float32 even under bf16 autocast: bf16 has 8 mantissa bits, so every output above
-            # 0.998 rounds to exactly 1.0, where the BCE gradient (r − t) / (r (1 − r)) is divided by ~0
-            # (torch clamps the denominator at 1e-12) and training blows up (f-VAE bf16, CUB, epoch 112)
+            # 0.998 would round to exactly 1.0, where the BCE gradient (r − t) / (r (1 − r)) is divided by
+            # ~0 (torch clamps the denominator at 1e-12). (f-VAE's CUB divergence at lr 1e-3 was not this:
+            # fp32 diverges too, README "Results".)
             return torch.sigmoid(x.float())
         return x
 
