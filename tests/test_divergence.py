@@ -99,3 +99,15 @@ def test_zsl_train_records_a_survived_explosion_in_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = json.loads((tmp_path / "run" / "results.json").read_text())["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("split=val, epoch 2: train/vae rose to")
+
+
+def test_a_resumed_run_keeps_the_warnings_of_the_splits_it_reads_back(tmp_path):
+    # both splits survive an explosion; resuming the test split reads split=val back from its record
+    first = zsl_train(tmp_path / "first", *TINY, "generator.system.lr=0.05", "logger=none")
+    assert first.returncode == 0, first.stderr[-2000:]
+    warnings = json.loads((tmp_path / "first" / "run" / "results.json").read_text())["warnings"]
+    assert [w.split(",")[0] for w in warnings] == ["split=val", "split=test"]
+    last = tmp_path / "first" / "run" / "checkpoints" / "test" / "last.ckpt"
+    resumed = zsl_train(tmp_path / "resumed", *TINY, "generator.system.lr=0.05", "logger=none", f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((tmp_path / "resumed" / "run" / "results.json").read_text())["warnings"] == warnings

@@ -152,6 +152,7 @@ class ResumePlan:
     split: str | None = None
     ckpt_path: Path | None = None
     finished: dict[str, CurveStack] = field(default_factory=dict)
+    finished_warnings: dict[str, list[str]] = field(default_factory=dict)  # each finished split's DivergenceGuard
 
 
 def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
@@ -175,7 +176,9 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
     for earlier in splits[:splits.index(split) + 1]:
         record = run_dir / "splits" / f"{earlier}.json"
         if record.is_file():
-            plan.finished[earlier] = CurveStack.from_dict(json.loads(record.read_text()))
+            completed = json.loads(record.read_text())
+            plan.finished[earlier] = CurveStack.from_dict(completed)
+            plan.finished_warnings[earlier] = list(completed.get("warnings", []))
         elif earlier != split:
             raise ConfigError(f"cannot resume: split={earlier} of {run_dir} did not finish ({record} missing); "
                               f"resume from {run_dir / 'checkpoints' / earlier / 'last.ckpt'} instead")
@@ -258,8 +261,9 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     for split in splits:
         data = protocol_data(cfg, raw, split)
         start = time.perf_counter()
+        split_warnings: list[str] = []
         if split in resume.finished:
-            stacks[split] = resume.finished[split]
+            stacks[split], split_warnings = resume.finished[split], resume.finished_warnings[split]
             log.info("split=%s: finished in %s, read back", split, resume.run_dir)
             if split == "test":
                 system = load_system(cfg, data, resume.run_dir / "checkpoints" / "test" / "last.ckpt")
@@ -272,10 +276,12 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
             trained = train_generator(cfg, data, output_dir, ckpt, keep_loggers_open=split == splits[-1])
             stacks[split], system = trained.curves, trained.system
             open_loggers.extend(trained.open_loggers)
-            training_warnings.extend(trained.warnings)
-        # the split's completion record (exact values), read back when a later split is resumed
+            split_warnings = trained.warnings
+        training_warnings.extend(split_warnings)
+        # the split's completion record (exact values and its warnings), read back when a later split is resumed
         if is_rank_zero():
-            write_json_atomic(output_dir / "splits" / f"{split}.json", stacks[split].as_dict(percent=False))
+            write_json_atomic(output_dir / "splits" / f"{split}.json",
+                              {**stacks[split].as_dict(percent=False), "warnings": split_warnings})
         if cfg.generator.name != "eszsl" and split == "test" and is_rank_zero():
             export_generator(system, data, output_dir / "generator", extra={
                 "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
