@@ -89,7 +89,8 @@ def test_zsl_train_reports_divergence_as_one_clear_error(tmp_path):
 
 
 def test_divergence_under_bf16_suggests_fp32(tmp_path):
-    proc = zsl_train(tmp_path, *TINY, "generator.system.lr=1", "logger=none", "precision=bf16")
+    proc = zsl_train(tmp_path, *TINY, "generator.system.lr=1", "logger=none", "precision=bf16",
+                     "allow_slow_bf16=true")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "or run in fp32 (precision=fp32)" in proc.stderr
 

@@ -402,3 +402,28 @@ def test_eval_on_a_dataset_of_other_dims_is_a_clear_error(trained, tmp_path, mon
     assert not (tmp_path / "eval" / "results.json").exists()
     proc = zsl_eval(tmp_path, f"generator={tmp_path / 'nowhere'}")
     assert proc.returncode == 2 and "generator.yaml: missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_refuses_an_exported_bf16_classifier_without_bf16_hardware(trained, tmp_path, monkeypatch):
+    import zsl_gen.runtime
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(zsl_gen.runtime, "native_bf16", lambda device="cpu": False)
+    proc = zsl_eval(tmp_path, f"generator={trained['export']}", "classifier.precision=bf16",
+                    "classifier_from_export=false")
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "classifier.precision=bf16: this CPU has no bfloat16 units" in lines[0]
+    assert "use classifier.precision=fp32, or add allow_slow_bf16=true" in lines[0]
+    assert not (tmp_path / "eval" / "results.json").exists()
+    # an export whose classifier ran in bf16: the remedy is not to take the export's classifier settings
+    meta_path = trained["export"] / "generator.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    assert meta["classifier"]["precision"] == "fp32"
+    copy = Path(shutil.copytree(trained["export"], tmp_path / "bf16_export"))
+    meta["classifier"]["precision"] = "bf16"
+    (copy / "generator.yaml").write_text(yaml.safe_dump(meta))
+    proc = zsl_eval(tmp_path, f"generator={copy}")
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "add classifier_from_export=false classifier.precision=fp32" in lines[0]

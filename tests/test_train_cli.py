@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
-from cli_helpers import zsl_train
+from cli_helpers import TINY, zsl_train
 from data_helpers import real_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,10 +120,56 @@ def test_calibrated_stacking_gamma_is_chosen_on_val(tmp_path):
 
 
 def test_precision_bf16_switches_generator_and_classifier(tmp_path):
-    from cli_helpers import TINY
-
-    proc = zsl_train(tmp_path, *TINY, "precision=bf16", "selections=[paper]")
+    # allow_slow_bf16: the switch itself is under test, on any CPU (CI's may have no bf16 units)
+    proc = zsl_train(tmp_path, *TINY, "precision=bf16", "selections=[paper]", "allow_slow_bf16=true")
     assert proc.returncode == 0, proc.stderr
     config = read_results(tmp_path)["config"]
     assert config["trainer"]["precision"] == "bf16-mixed" and config["classifier"]["precision"] == "bf16"
     assert 0 <= read_results(tmp_path)["results"]["paper"]["gzsl"]["H"] <= 100
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["precision=bf16"], "trainer.precision=bf16-mixed and classifier.precision=bf16: this CPU has no bfloat16"),
+    (["classifier.precision=bf16"], "error: classifier.precision=bf16: this CPU has no bfloat16 units"),
+    (["trainer.precision=bf16-mixed"], "error: trainer.precision=bf16-mixed: this CPU"),
+])
+def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch, overrides, named):
+    import zsl_gen.runtime
+
+    monkeypatch.setattr(zsl_gen.runtime, "native_bf16", lambda device="cpu": False)
+    proc = zsl_train(tmp_path, *TINY, *overrides)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and named in lines[0], proc.stderr
+    assert "use precision=fp32" in lines[0] and "allow_slow_bf16=true" in lines[0]
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_bf16_hardware_check_passes_fp32_native_bf16_and_the_explicit_override(tmp_path, monkeypatch):
+    import zsl_gen.runtime
+    from zsl_gen.config import check_bf16_hardware
+    from zsl_gen.errors import ConfigError
+
+    cfg = OmegaConf.create({"trainer": {"precision": "bf16-mixed", "accelerator": "cpu"},
+                            "classifier": {"precision": "bf16"}})
+    asked = []
+    monkeypatch.setattr(zsl_gen.runtime, "native_bf16", lambda device="cpu": asked.append(device) or False)
+    with pytest.raises(ConfigError, match="this CPU has no bfloat16 units"):
+        check_bf16_hardware(cfg)
+    cfg.trainer.accelerator = "gpu"
+    with pytest.raises(ConfigError, match="this GPU has no bfloat16 units"):
+        check_bf16_hardware(cfg)
+    assert asked == ["cpu", "cuda"]
+    check_bf16_hardware(OmegaConf.merge(cfg, {"allow_slow_bf16": True}))  # the user's explicit choice
+    check_bf16_hardware(OmegaConf.create({"trainer": {"precision": "32-true"}, "classifier": {"precision": "fp32"}}))
+    with pytest.raises(ConfigError, match="`allow_slow_bf16` must be true or false"):
+        check_bf16_hardware(OmegaConf.merge(cfg, {"allow_slow_bf16": "yes"}))
+    monkeypatch.setattr(zsl_gen.runtime, "native_bf16", lambda device="cpu": True)
+    check_bf16_hardware(cfg)
+
+
+def test_native_bf16_follows_torchs_own_check():
+    from zsl_gen.runtime import native_bf16
+
+    assert native_bf16("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert isinstance(native_bf16("cuda"), bool)

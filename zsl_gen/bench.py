@@ -79,7 +79,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zsl_gen.runtime import keep_freed_memory, release_freed_memory
+from zsl_gen.runtime import keep_freed_memory, native_bf16, release_freed_memory
 
 METHODS = ("fclswgan", "cvae", "fvaegan", "tfvaegan", "cadavae")
 DATASETS = ("CUB", "SUN", "AWA2", "FLO")
@@ -203,7 +203,8 @@ def cpu_flags() -> set[str]:
 def machine_info(device: str) -> dict[str, Any]:
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "bf16_hw": bool({"avx512_bf16", "amx_bf16"} & cpu_flags())}
+            "bf16_hw": bool({"avx512_bf16", "amx_bf16"} & cpu_flags()),
+            "bf16_native": native_bf16(device)}
     try:
         import pytorch_lightning as pl
 
@@ -780,6 +781,9 @@ def main(argv: list[str] | None = None) -> None:
     machine = machine_info(args.device)
     print(f"zsl-bench on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
           f"load {machine['load_avg'][0]:.2f}", flush=True)
+    if "bf16" in precisions + [args.classifier_precision] and not machine["bf16_native"]:
+        print(f"note: this {'GPU' if args.device == 'cuda' else 'CPU'} has no bfloat16 units: the bf16 cases "
+              "measure torch's slow fallback (zsl-train refuses bf16 here unless allow_slow_bf16=true)", flush=True)
     peaks = {}
     for prec in precisions:
         peaks[prec] = matmul_peak(prec, args.device)

@@ -43,6 +43,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("keep_freed_memory", True), bool):
         raise ConfigError(f"config field `keep_freed_memory` must be true or false, got "
                           f"{cfg.keep_freed_memory!r}")
+    check_bf16_hardware(cfg)
     selections = list(cfg.selections)
     if not selections or any(s not in SELECTIONS for s in selections):
         raise ConfigError(f"config field `selections` must be a non-empty subset of {list(SELECTIONS)}, "
@@ -54,3 +55,29 @@ def validate_train_config(cfg: DictConfig) -> None:
         _number(cfg, "generator.syn_num", minimum=1, integer=True)
         if cfg.generator.get("system") is None:
             raise ConfigError("config field `generator.system` is empty: pick a generator, e.g. generator=cvae")
+
+
+def check_bf16_hardware(cfg: DictConfig, device: str | None = None,
+                        fix: str = "use precision=fp32 (trainer.precision=32-true classifier.precision=fp32)") -> None:
+    """Refuse bfloat16 where the hardware has no bf16 units (unless ``allow_slow_bf16=true``): there it is
+    not a speed-up but a many-fold slow-down (``zsl_gen.runtime.native_bf16``). ``device``: ``"cpu"`` or
+    ``"cuda"`` (default: from ``trainer.accelerator``); ``fix``: the message's remedy."""
+    from zsl_gen.runtime import native_bf16
+
+    allow = cfg.get("allow_slow_bf16", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"config field `allow_slow_bf16` must be true or false, got {allow!r}")
+    trainer_precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    classifier_precision = str(OmegaConf.select(cfg, "classifier.precision", default="fp32"))
+    fields = ([f"trainer.precision={trainer_precision}"] if "bf16" in trainer_precision else []) + (
+        ["classifier.precision=bf16"] if classifier_precision == "bf16" else [])
+    if device is None:
+        accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
+        device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+    device = "cuda" if str(device).startswith("cuda") else "cpu"
+    if not fields or allow or native_bf16(device):
+        return
+    hardware = ("this GPU has no bfloat16 units (needs Ampere or newer)" if device == "cuda" else
+                "this CPU has no bfloat16 units (no avx512_bf16/AMX): its bf16 matrix products run up to ~40x "
+                "slower than fp32")
+    raise ConfigError(f"{' and '.join(fields)}: {hardware}; {fix}, or add allow_slow_bf16=true to run bf16 anyway")

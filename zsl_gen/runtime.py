@@ -16,6 +16,8 @@ import ctypes
 import ctypes.util
 import platform
 
+import torch
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 # Per-step tensors are at most weight-sized (4096×4096 fp32 = 67 MB); larger, one-off blocks (datasets,
 # synthetic features) keep going to mmap and back to the kernel, which bounds the extra resident memory.
@@ -58,3 +60,23 @@ def release_freed_memory() -> bool:
         return False
     libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(libc.malloc_trim(0))
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bfloat16 matrix products run in hardware on ``device`` (``"cpu"`` or ``"cuda"``).
+
+    CPU: torch's oneDNN check (avx512_bf16 or AMX). Without them bf16 products fall back to a slow path: on
+    an AVX2-only 2-core EPYC, a 300×2048 @ 2048×200 classifier product ran at 1.9 GFLOP/s in bf16 against
+    79 in fp32 (42× slower), a Linear layer under autocast 3.8× slower. CUDA: Ampere or newer. Where torch
+    offers no check, ``True`` (nothing is refused on a guess).
+    """
+    if device == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except (TypeError, RuntimeError, AssertionError):  # older signature, or no CUDA
+            return True
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:
+        return True

@@ -27,6 +27,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
+    from zsl_gen.config import check_bf16_hardware
     from zsl_gen.data import apply_feature_scaling, build_protocol
     from zsl_gen.errors import CheckpointError
     from zsl_gen.eval import train_and_evaluate
@@ -42,6 +43,9 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
     if cfg.classifier_from_export and meta.get("classifier"):
         exported = {k: v for k, v in meta["classifier"].items() if k in cfg.classifier}
         cfg.classifier = OmegaConf.merge(cfg.classifier, exported)
+    check_bf16_hardware(cfg, device=str(cfg.device), fix=(
+        "add classifier_from_export=false classifier.precision=fp32" if cfg.classifier_from_export
+        else "use classifier.precision=fp32"))
     raw = load_dataset(cfg.dataset)
     l2 = bool(meta["preprocessing"].get("semantics", {}).get("l2"))
     data = build_protocol(raw, "test", feature_scaling="none", l2_semantics=l2, seed=cfg.seed)
