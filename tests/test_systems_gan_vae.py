@@ -146,6 +146,25 @@ def test_tfvaegan_classifier_features_are_x_dec_hidden(tiny_data):
     assert torch.equal(inputs.zsl_train_x, inputs.train_x[tiny_data.train_x.shape[0]:])
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_tfvaegan_classifier_inputs_equal_the_base_inputs_mapped_set_by_set(tiny_data, dtype):
+    """Writing every set straight into its mapped tensor (no input-space training matrix, the memory saving)
+    gives exactly the base class's inputs (real + synthetic, same noise) mapped by ``transform_features``."""
+    from zsl_gen.systems.base import GeneratorSystem
+
+    system = tiny_system("tfvaegan", tiny_data)
+    direct = system.classifier_inputs(tiny_data, 5, torch.Generator().manual_seed(3), dtype)
+    base = GeneratorSystem.classifier_inputs(system, tiny_data, 5, torch.Generator().manual_seed(3))
+    system.eval()
+    for name in ("train_x", "seen_x", "unseen_x"):
+        expected = system.transform_features(getattr(base, name), dtype)
+        assert getattr(direct, name).dtype == expected.dtype and torch.equal(getattr(direct, name), expected), name
+    for name in ("train_y", "zsl_train_y", "seen_y", "unseen_y", "seen_classes", "unseen_classes"):
+        assert torch.equal(getattr(direct, name), getattr(base, name)), name
+    assert torch.equal(direct.zsl_train_x, direct.train_x[tiny_data.train_x.shape[0]:])
+    assert direct.zsl_train_x.data_ptr() == direct.train_x[tiny_data.train_x.shape[0]:].data_ptr()  # a view
+
+
 # ---- (3): checkpoints -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(SYSTEMS))
 def test_checkpoint_round_trip(name, tiny_data, tmp_path):

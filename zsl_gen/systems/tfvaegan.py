@@ -18,8 +18,6 @@ f-VAEGAN (``FVAEGAN``) plus
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from zsl_gen.data.types import ZSLData
@@ -167,13 +165,15 @@ class TFVAEGAN(FVAEGAN):
 
     # ---- the classifier's feature space ------------------------------------------------------------------
     @torch.no_grad()
-    def transform_features(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def transform_features(self, x: torch.Tensor, dtype: torch.dtype | None = None,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
         """``[x, Dec(x), Dec.hidden(x)]``: ``(N, D)`` → ``(N, D + A + H)``, on ``x``'s device, stored in
-        ``dtype`` (``None``: float32; the decoder always runs in float32)."""
-        # written chunk by chunk into one preallocated tensor: no list of chunks and no concatenated copy
+        ``dtype`` (``None``: float32; the decoder always runs in float32), or written into ``out``."""
+        # chunk by chunk into one preallocated tensor: no list of chunks and no concatenated copy
         # (AWA2: 41k training rows x 6229 dims = 1 GB, which the list + cat held twice)
         d, a = x.shape[1], self.hparams.semantic_dim
-        out = x.new_empty(x.shape[0], d + a + self.hparams.hidden_dim, dtype=dtype or torch.float32)
+        if out is None:
+            out = x.new_empty(x.shape[0], d + a + self.hparams.hidden_dim, dtype=dtype or torch.float32)
         for start in range(0, x.shape[0], _CHUNK):
             chunk = x[start:start + _CHUNK].to(self.device, torch.float32)
             a_hat, hidden = self.decoder(chunk)
@@ -186,15 +186,29 @@ class TFVAEGAN(FVAEGAN):
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
                           dtype: torch.dtype | None = None) -> ClassifierInputs:
-        """The base inputs (real seen + synthetic unseen, with feedback) mapped by ``transform_features``,
-        stored in ``dtype`` (``None``: float32)."""
-        inputs = super().classifier_inputs(data, n_per_class, generator)
+        """Real seen + synthetic unseen (with feedback) training features and the test features, each mapped
+        by ``transform_features``, stored in ``dtype`` (``None``: float32).
+
+        The same inputs as the base class's mapped row by row, but each set is written straight into its
+        mapped tensor: the real + synthetic training matrix in the input space (AWA2: 41 527 × 2048, 340 MB)
+        never exists next to its mapped version.
+        """
         was_training = self.training
         self.eval()
         try:
-            train_x, seen_x, unseen_x = (self.transform_features(x, dtype)
-                                         for x in (inputs.train_x, inputs.seen_x, inputs.unseen_x))
+            syn_x = self.synthesize(data.semantics[data.unseen_classes], n_per_class, generator)
+            syn_y = data.unseen_classes.repeat_interleave(n_per_class)
+            n_real = data.train_x.shape[0]
+            width = data.feature_dim + self.hparams.semantic_dim + self.hparams.hidden_dim
+            train_x = data.train_x.new_empty(n_real + syn_x.shape[0], width, dtype=dtype or torch.float32)
+            self.transform_features(data.train_x, out=train_x[:n_real])
+            self.transform_features(syn_x, out=train_x[n_real:])
+            del syn_x
+            seen_x, unseen_x = (self.transform_features(x, dtype) for x in (data.seen_x, data.unseen_x))
         finally:
             self.train(was_training)
-        return replace(inputs, train_x=train_x, zsl_train_x=train_x[data.train_x.shape[0]:],
-                       seen_x=seen_x, unseen_x=unseen_x)
+        return ClassifierInputs(
+            train_x=train_x, train_y=torch.cat([data.train_y, syn_y]),
+            zsl_train_x=train_x[n_real:], zsl_train_y=syn_y,
+            seen_x=seen_x, seen_y=data.seen_y, unseen_x=unseen_x, unseen_y=data.unseen_y,
+            seen_classes=data.seen_classes, unseen_classes=data.unseen_classes)
