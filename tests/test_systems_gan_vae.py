@@ -37,6 +37,7 @@ from zsl_gen.models.networks import (
     Encoder,
     Feedback,
     LinearSoftmaxClassifier,
+    PrecastForward,
     SemanticDecoder,
 )
 from zsl_gen.systems.cvae import ConditionalVAE
@@ -286,6 +287,62 @@ def test_bf16_mixed_critic_steps_see_the_updated_weights(name, tiny_data):
     assert to_current < 0.2 * to_stale, f"the critic updates used stale weights ({to_current:.3g} vs {to_stale:.3g})"
     generator_forwards = [e for dtype, e in forward_errors if dtype == torch.bfloat16]
     assert generator_forwards and max(generator_forwards) < 1e-2
+
+
+def test_precast_forward_matches_autocast_bit_for_bit():
+    """``PrecastForward`` (Linear weights cast once) gives exactly autocast's per-call-cast outputs."""
+    torch.manual_seed(0)
+    feedback, generator = Feedback(48), ConditionalGenerator(8, 8, 24, hidden_dim=48, output="sigmoid")
+    h, z, a = torch.randn(5, 48), torch.randn(5, 8), torch.randn(5, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        expected = (feedback(h), generator(z, a, h, 0.5))
+        pre_feedback, pre_generator = (PrecastForward(m, torch.bfloat16) for m in (feedback, generator))
+        got = (pre_feedback(h), pre_generator(z, a, h, 0.5))
+    assert set(pre_feedback.params) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert all(p.dtype == torch.bfloat16 for p in pre_feedback.params.values())
+    for e, g in zip(expected, got, strict=True):
+        assert e.dtype == g.dtype and torch.equal(e, g)
+    assert feedback.fc1.weight.dtype == torch.float32  # the module itself is untouched
+
+
+def test_tfvaegan_bf16_feedback_steps_precast_and_train_bit_identically(tiny_data):
+    """Under bf16-mixed, tf-VAEGAN's feedback steps run encoder, generator and feedback module from copies
+    cast once per step (they do not change during the critic updates; the decoder does): every critic
+    fake of a feedback step uses them, none of the generator steps do, and the trained weights equal
+    those of per-call casting bit for bit. In fp32 nothing is precast."""
+    import contextlib
+
+    def fit(precision: str, precast: bool = True):
+        pl.seed_everything(0, verbose=False)
+        system = tiny_system("tfvaegan", tiny_data)
+        if not precast:
+            system._critic_phase = lambda feedback: contextlib.nullcontext()
+        seen: dict[str, list] = {"critic": [], "generator": []}
+        critic_fakes, generator_step = system._critic_fakes, system._generator_step
+
+        def spy_fakes(x, a, feedback):
+            seen["critic"].append((feedback, tuple(sorted(system._precast))))
+            return critic_fakes(x, a, feedback)
+
+        def spy_generator(opts, x, a, feedback):
+            seen["generator"].append(tuple(system._precast))
+            return generator_step(opts, x, a, feedback)
+
+        system._critic_fakes, system._generator_step = spy_fakes, spy_generator
+        trainer(1, precision=precision).fit(system)
+        return system.state_dict(), seen
+
+    weights, seen = fit("bf16-mixed")
+    feedback_fakes = [names for feedback, names in seen["critic"] if feedback]
+    assert feedback_fakes and all(names == ("encoder", "feedback", "generator") for names in feedback_fakes)
+    assert all(names == () for feedback, names in seen["critic"] if not feedback)
+    assert seen["generator"] and all(names == () for names in seen["generator"])
+    reference, _ = fit("bf16-mixed", precast=False)
+    assert weights.keys() == reference.keys()
+    for key in weights:
+        assert torch.equal(weights[key], reference[key]), key
+    _, seen_fp32 = fit("32-true")
+    assert all(names == () for _, names in seen_fp32["critic"])
 
 
 @pytest.mark.parametrize("name", ["cvae", "tfvaegan"])

@@ -15,12 +15,15 @@ the decoder and feedback switched off. ``TFVAEGAN`` extends this class.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from zsl_gen.errors import ConfigError
 from zsl_gen.losses.vae import vae_loss
 from zsl_gen.losses.wgan import adapt_lambda, generator_loss
-from zsl_gen.models.networks import Critic, reparameterize
+from zsl_gen.models.networks import Critic, PrecastForward, reparameterize
 from zsl_gen.systems.base import adam
 from zsl_gen.systems.cvae import ConditionalVAE
 
@@ -79,6 +82,7 @@ class FVAEGAN(ConditionalVAE):
         self.critic = Critic(feature_dim, semantic_dim, hidden_dim)
         # λ lives in the state_dict so an adaptive λ survives checkpoint and resume.
         self.register_buffer("gp_weight", torch.tensor(float(lambda_gp)))
+        self._precast: dict[str, PrecastForward] = {}  # see _critic_phase
 
     @property
     def draws_per_step(self) -> int:  # type: ignore[override]
@@ -93,7 +97,32 @@ class FVAEGAN(ConditionalVAE):
     # ---- generation hooks (tf-VAEGAN adds its feedback here) ---------------------------------------------
     def _generate(self, z: torch.Tensor, a: torch.Tensor, feedback: bool) -> torch.Tensor:
         """Training-time generation ``(B, D)``; ``feedback`` is tf-VAEGAN's second pass (unused here)."""
-        return self.generator(z, a)
+        return self._net("generator")(z, a)
+
+    def _net(self, name: str):
+        """The network ``name`` (``encoder``, ``generator``, tf-VAEGAN's ``feedback``): its ``PrecastForward``
+        while ``_critic_phase`` holds one, else the module itself."""
+        return self._precast.get(name) or getattr(self, name)
+
+    def _critic_phase(self, feedback: bool) -> contextlib.AbstractContextManager:
+        """Context of a step's critic updates, during which the encoder and generator do not change.
+        f-VAEGAN generates all their fakes in one forward, so there is nothing to set up (see tf-VAEGAN)."""
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _precast_nets(self, names: tuple[str, ...]) -> Iterator[None]:
+        """Within the block, ``_net(name)`` runs ``name`` with its Linear weights cast once to the autocast
+        dtype (bit-identical outputs, see ``PrecastForward``); a no-op outside reduced-precision autocast."""
+        device = self.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        if dtype == torch.float32:
+            yield
+            return
+        self._precast = {name: PrecastForward(getattr(self, name), dtype) for name in names}
+        try:
+            yield
+        finally:
+            self._precast = {}
 
     def _prior_fake(self, a: torch.Tensor, recon: torch.Tensor, feedback: bool) -> torch.Tensor:
         """Generator-step fake from ``z ~ N(0, I)`` (``encoded_noise=False``); ``recon`` is the VAE output."""
@@ -112,9 +141,10 @@ class FVAEGAN(ConditionalVAE):
         feedback = self._uses_feedback(batch_idx)
         xs, _, semantics = self.batch(idx[: self.hparams.critic_steps].reshape(-1))  # (k·B, D), (k·B, A)
         batches = [t.split(idx.shape[1]) for t in (xs, semantics)]
-        if self._critic_fakes_fixed(feedback):  # one generator forward for all k critic updates
-            batches.append(self._critic_fakes(xs, semantics, feedback).split(idx.shape[1]))
-        critic_stats = [self._critic_step(opts, *batch, feedback=feedback) for batch in zip(*batches)]
+        with self._critic_phase(feedback):
+            if self._critic_fakes_fixed(feedback):  # one generator forward for all k critic updates
+                batches.append(self._critic_fakes(xs, semantics, feedback).split(idx.shape[1]))
+            critic_stats = [self._critic_step(opts, *batch, feedback=feedback) for batch in zip(*batches)]
         stats = {key: torch.stack([s[key] for s in critic_stats]).mean() for key in critic_stats[0]}
         if self.hparams.adaptive_lambda:
             stat = stats["penalty"] if self.hparams.adaptive_lambda_stat == "penalty" else stats["grad_norm"]
@@ -134,7 +164,7 @@ class FVAEGAN(ConditionalVAE):
     def _critic_fakes(self, x: torch.Tensor, a: torch.Tensor, feedback: bool) -> torch.Tensor:
         """Generated features ``(N, D)`` for the critic, constants: the critic update never reaches E or G."""
         if self.hparams.encoded_noise:
-            z = reparameterize(*self.encoder(x, a))
+            z = reparameterize(*self._net("encoder")(x, a))
         else:
             z = torch.randn(x.shape[0], self.noise_dim, device=x.device)
         return self._generate(z, a, feedback)

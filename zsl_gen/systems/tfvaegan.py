@@ -115,11 +115,12 @@ class TFVAEGAN(FVAEGAN):
                   source: torch.Tensor | None = None, weight: float | None = None) -> torch.Tensor:
         """``G(z, a)``, or with feedback the second pass ``G(z, a) + w·F(Dec.hidden(source))`` at the hidden
         layer, ``source`` defaulting to the first pass ``G(z, a)`` and ``w`` to ``a1``."""
+        generator = self._net("generator")
         if not feedback:
-            return self.generator(z, a)
+            return generator(z, a)
         with torch.no_grad():  # the official code detaches Dec.hidden: nothing upstream of it is trained
-            _, hidden = self.decoder(self.generator(z, a) if source is None else source)
-        return self.generator(z, a, self.feedback(hidden), self.hparams.a1 if weight is None else weight)
+            _, hidden = self.decoder(generator(z, a) if source is None else source)
+        return generator(z, a, self._net("feedback")(hidden), self.hparams.a1 if weight is None else weight)
 
     def _prior_fake(self, a: torch.Tensor, recon: torch.Tensor, feedback: bool) -> torch.Tensor:
         z = torch.randn(a.shape[0], self.noise_dim, device=a.device)
@@ -135,6 +136,16 @@ class TFVAEGAN(FVAEGAN):
 
     def _critic_fakes_fixed(self, feedback: bool) -> bool:
         return not feedback  # the feedback pass reads the decoder, which each critic update trains first
+
+    def _critic_phase(self, feedback: bool):
+        # Feedback steps generate each critic update's fakes anew (the decoder changes in between), but
+        # encoder, generator and feedback module stay fixed until the generator step: under bf16 autocast
+        # their weights are cast once per step instead of once per call (5 critic updates x 2 generator
+        # passes). The decoder keeps autocast's per-call casts: each critic update trains it first.
+        if not feedback:
+            return super()._critic_phase(feedback)
+        nets = ("encoder", "generator", "feedback") if self.hparams.encoded_noise else ("generator", "feedback")
+        return self._precast_nets(nets)
 
     def _critic_step(self, opts, x: torch.Tensor, a: torch.Tensor, fake: torch.Tensor | None = None, *,
                      feedback: bool = False):
