@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from zsl_gen.bench import main, step_flops
+from zsl_gen.bench import PEAK_SPREAD_LIMIT, combined_peak, main, markdown_table, step_flops
 
 FIELDS = ("method", "dataset", "precision", "device", "samples_per_s", "s_per_epoch", "classifier_s",
           "peak_rss_mb", "gflops", "peak_gflops", "end_to_end_s", "extrapolated", "measured_steps")
@@ -27,6 +27,9 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     # the optimiser's updates are timed inside the step: a real, smaller part of it, and the bound follows
     assert 0 < case["optimizer_s_per_step"] < case["step_s"] and 0 < case["optimizer_share"] < 1
     assert case["fraction_of_peak"] <= case["fraction_of_peak_bound"] <= 1
+    # the peak is measured before and after the timing; the case's peak is the higher one
+    assert case["peak_gflops"] == max(case["peak_gflops_before"], case["peak_gflops_after"])
+    assert case["peak_spread"] >= 1 and case["peak_unstable"] == (case["peak_spread"] > PEAK_SPREAD_LIMIT)
     table = out.with_suffix(".md").read_text()
     assert "| cvae | CUB | fp32/fp32 |" in table
 
@@ -55,3 +58,19 @@ def test_official_style_loops_are_timed_for_the_speed_up(tmp_path):
         assert case["official_style_s_per_epoch"] > 0 and case["official_style_classifier_s"] > 0
     table = out.with_suffix(".md").read_text()
     assert "official-style s/epoch" in table
+
+
+def test_a_case_whose_machine_speed_moved_is_flagged():
+    """Peaks measured before and after a case's timing that differ by more than the limit mark the case."""
+    steady = combined_peak({"peak_gflops": 500.0, "by_size": {"a": 500.0}},
+                           {"peak_gflops": 520.0, "by_size": {"a": 520.0}})
+    assert steady["peak_gflops"] == 520.0 and not steady["peak_unstable"] and steady["by_size"] == {"a": 520.0}
+    moved = combined_peak({"peak_gflops": 1990.0, "by_size": {"a": 1990.0}},
+                          {"peak_gflops": 570.0, "by_size": {"a": 570.0}})
+    assert moved["peak_gflops"] == 1990.0 and moved["peak_unstable"] and moved["peak_spread"] == 3.491
+    case = {"method": "tfvaegan", "dataset": "CUB", "precision": "bf16", "samples_per_s": 80.0, "s_per_epoch": 176.8,
+            "gflops": 146.0, "peak_gflops": 1990.0, "fraction_of_peak": 0.073, "classifier_s": 22.4,
+            "end_to_end_s": 6e4, "peak_rss_mb": 2944.0}
+    assert "†" not in markdown_table([{**case, **steady}])
+    table = markdown_table([{**case, **moved}])
+    assert "| 7%† |" in table and "speed moved during the case" in table

@@ -44,7 +44,10 @@ For every (method, dataset, precision, device) case, in a subprocess of its own 
   the peak and the (memory-bound, batch-independent) updates kept their measured time. Where that bound is
   itself under 50%, no matmul work can bring the method to half the peak at its published batch size.
 - matmul peak: ``torch.matmul`` of the precision's dtype on representative sizes (the layer shapes the
-  systems run, and a square 2048³), median of repeats, the best size = ``peak_gflops``.
+  systems run, and a square 2048³), median of repeats, the best size; measured in the case's process just
+  before and again just after the timed steps, ``peak_gflops`` = the higher of the two. Where they differ
+  by more than ``PEAK_SPREAD_LIMIT`` (the machine's own speed moved during the case: shared or throttled
+  cores), ``peak_unstable`` is true and the Markdown table marks the case's % of peak with †.
 - memory: ``peak_rss_mb`` = ``ru_maxrss`` of the case's process (data + model + optimisers + training +
   classifier evaluation), with ``zsl-train``'s default ``keep_freed_memory`` (``--system-malloc``: the C
   library's malloc defaults instead, for before/after).
@@ -218,6 +221,7 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 PEAK_SIZES = ((64, 2360, 4096), (128, 2360, 4096), (512, 2133, 4096), (2048, 2048, 2048))
+PEAK_SPREAD_LIMIT = 1.25  # higher / lower of the two peak measurements of one case
 
 
 def matmul_peak(precision: str, device: str = "cpu", repeats: int = 7) -> dict[str, Any]:
@@ -240,6 +244,16 @@ def matmul_peak(precision: str, device: str = "cpu", repeats: int = 7) -> dict[s
             times.append((time.perf_counter() - t) / inner)
         sizes[f"{m}x{k}x{n}"] = round(2 * m * k * n / statistics.median(times) / 1e9, 1)
     return {"peak_gflops": max(sizes.values()), "by_size": sizes}
+
+
+def combined_peak(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """One case's peak from the measurements before and after its timing (``matmul_peak`` results)."""
+    low, high = sorted((before["peak_gflops"], after["peak_gflops"]))
+    spread = high / low if low > 0 else float("inf")
+    return {"peak_gflops": high, "peak_gflops_before": before["peak_gflops"],
+            "peak_gflops_after": after["peak_gflops"], "peak_spread": round(spread, 3),
+            "peak_unstable": spread > PEAK_SPREAD_LIMIT,
+            "by_size": after["by_size"] if after["peak_gflops"] >= before["peak_gflops"] else before["by_size"]}
 
 
 def _sync(device: str) -> None:
@@ -609,6 +623,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     s_per_epoch = step_s * spe
     samples_per_epoch = data.train_x.shape[0] * int(hp.get("feedback_loop", 1))
 
+    # the peak again, after the timing: a machine whose speed moved in between is flagged (combined_peak)
+    peak_info = combined_peak(peak_info, matmul_peak(precision, device, repeats=3 if tiny else 5))
+
     # final classifier at the method's shapes
     ccfg = classifier_config(cfg)
     syn_num = int(cfg.generator.syn_num)
@@ -651,6 +668,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         # (fixed by the parameter count, not by the batch) still take their measured time
         "fraction_of_peak_bound": round(flops / peak / (flops / peak + optimizer_s * 1e9), 3) if peak else None,
         "peak_gflops_by_size": peak_info["by_size"],
+        **{key: peak_info[key] for key in ("peak_gflops_before", "peak_gflops_after", "peak_spread",
+                                           "peak_unstable")},
         "load_avg_before": round(spec.get("load_before", 0.0), 2),
         "gflop_per_step": round(flops / 1e9, 3),
         "step_s": round(step_s, 5),
@@ -713,6 +732,7 @@ def markdown_table(cases: list[dict[str, Any]]) -> str:
             "| % peak | optimiser % of step (% peak bound) | classifier s | official-style clf s "
             "| end-to-end (extrap.) | peak RSS MB |")
     rows = [head, "|" + "---|" * 14]
+    unstable = False
     for c in cases:
         if "error" in c:
             rows.append(f"| {c['method']} | {c['dataset']} | {c['precision']} | error: {c['error'][:60]} |"
@@ -722,12 +742,18 @@ def markdown_table(cases: list[dict[str, Any]]) -> str:
         optimiser = (f"{100 * c['optimizer_share']:.0f}% ({'-' if bound is None else f'{100 * bound:.0f}%'})"
                      if "optimizer_share" in c else "-")
         off, off_epoch = c.get("official_style_classifier_s"), c.get("official_style_s_per_epoch")
+        mark = "†" if c.get("peak_unstable") else ""
+        unstable = unstable or bool(mark)
         rows.append(
             f"| {c['method']} | {c['dataset']} | {c['precision']}/{c.get('classifier_precision', 'fp32')} | "
             f"{c['samples_per_s']:.0f} | "
             f"{c['s_per_epoch']:.2f} | {'-' if off_epoch is None else f'{off_epoch:.2f}'} | {c['gflops']:.0f} | {c['peak_gflops']:.0f} | "
-            f"{100 * c['fraction_of_peak']:.0f}% | {optimiser} | {c['classifier_s']:.2f} | "
+            f"{100 * c['fraction_of_peak']:.0f}%{mark} | {optimiser} | {c['classifier_s']:.2f} | "
             f"{'-' if off is None else f'{off:.2f}'} | {c['end_to_end_s'] / 60:.1f} min | {c['peak_rss_mb']:.0f} |")
+    if unstable:
+        rows.append(f"\n† the matmul peak measured before and after this case's timing differed by more than "
+                    f"{100 * (PEAK_SPREAD_LIMIT - 1):.0f}% (`peak_gflops_before`/`_after` in the JSON): the "
+                    "machine's speed moved during the case, so its times and % of peak are unreliable.")
     return "\n".join(rows) + "\n"
 
 
@@ -825,7 +851,9 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{method:9s} {dataset:5s} {prec}: {case['s_per_epoch']:8.2f} s/epoch "
                           f"{case['samples_per_s']:8.0f} samples/s {case['gflops']:6.0f} GFLOP/s "
                           f"({100 * case['fraction_of_peak']:.0f}% of peak) clf {case['classifier_s']:.2f} s "
-                          f"RSS {case['peak_rss_mb']:.0f} MB  [{time.perf_counter() - t:.0f}s]", flush=True)
+                          f"RSS {case['peak_rss_mb']:.0f} MB  [{time.perf_counter() - t:.0f}s]"
+                          + (f"  † peak moved {case['peak_gflops_before']:.0f} → {case['peak_gflops_after']:.0f}"
+                             if case.get("peak_unstable") else ""), flush=True)
                 case["machine"] = machine
                 cases.append(case)
     out = Path(args.out)
