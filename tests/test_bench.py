@@ -30,6 +30,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     # the peak is measured before and after the timing; the case's peak is the higher one
     assert case["peak_gflops"] == max(case["peak_gflops_before"], case["peak_gflops_after"])
     assert case["peak_spread"] >= 1 and case["peak_unstable"] == (case["peak_spread"] > PEAK_SPREAD_LIMIT)
+    assert combined_peak({"peak_gflops": 0.0, "by_size": {}}, {"peak_gflops": 5.0, "by_size": {}})["peak_unstable"]
     table = out.with_suffix(".md").read_text()
     assert "| cvae | CUB | fp32/fp32 |" in table
 

@@ -303,6 +303,12 @@ def test_precast_forward_matches_autocast_bit_for_bit():
     for e, g in zip(expected, got, strict=True):
         assert e.dtype == g.dtype and torch.equal(e, g)
     assert feedback.fc1.weight.dtype == torch.float32  # the module itself is untouched
+    # the forward really runs from the copies (functional_call ignores names it does not know)
+    pre_feedback.params["fc1.weight"].zero_()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        assert not torch.equal(pre_feedback(h), expected[0])
+        with torch.enable_grad():  # never a forward that records gradients through a copy
+            assert not pre_feedback(h).requires_grad
 
 
 def test_tfvaegan_bf16_feedback_steps_precast_and_train_bit_identically(tiny_data):

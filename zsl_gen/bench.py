@@ -249,10 +249,10 @@ def matmul_peak(precision: str, device: str = "cpu", repeats: int = 7) -> dict[s
 def combined_peak(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """One case's peak from the measurements before and after its timing (``matmul_peak`` results)."""
     low, high = sorted((before["peak_gflops"], after["peak_gflops"]))
-    spread = high / low if low > 0 else float("inf")
+    spread = round(high / low, 3) if low > 0 else None  # None: a measurement of zero (JSON has no Infinity)
     return {"peak_gflops": high, "peak_gflops_before": before["peak_gflops"],
-            "peak_gflops_after": after["peak_gflops"], "peak_spread": round(spread, 3),
-            "peak_unstable": spread > PEAK_SPREAD_LIMIT,
+            "peak_gflops_after": after["peak_gflops"], "peak_spread": spread,
+            "peak_unstable": spread is None or spread > PEAK_SPREAD_LIMIT,
             "by_size": after["by_size"] if after["peak_gflops"] >= before["peak_gflops"] else before["by_size"]}
 
 

@@ -283,14 +283,16 @@ class PrecastForward:
     """``module``'s forward with the weights and biases of its ``nn.Linear`` layers cast to ``dtype`` once.
 
     Under autocast every ``nn.Linear`` call casts its float32 weight and bias to the autocast dtype anew
-    (Lightning turns autocast's cast cache off, since manual optimisation updates weights inside one autocast
-    region). Where a module runs several times without gradients between two updates of its weights
+    (Lightning's ``bf16-mixed`` always turns autocast's cast cache off: a manual-optimisation step updates
+    weights inside one autocast region, where a cached cast would go stale). Where a module runs several times without gradients between two updates of its weights
     (tf-VAEGAN's critic fakes: encoder, generator and feedback module in each of the 5 critic updates of a
     feedback step), casting once gives bit-identical outputs (a cast is deterministic, and autocast does not
     cast an argument that already has its dtype) for a fraction of the memory traffic: each cast of a
     4096 × 4096 weight reads 67 MB and writes a fresh 34 MB block.
 
-    Valid only while the module's parameters do not change: build one per phase and drop it after.
+    Valid only while the module's parameters do not change: build one per phase and drop it after. The
+    copies are held for the phase (tf-VAEGAN at CUB shapes: 57 M elements, 115 MB in bf16), where per-call
+    casts were freed after each call. Gradients never flow through them (``__call__`` runs under no_grad).
     """
 
     def __init__(self, module: nn.Module, dtype: torch.dtype):

@@ -101,8 +101,10 @@ class FVAEGAN(ConditionalVAE):
 
     def _net(self, name: str):
         """The network ``name`` (``encoder``, ``generator``, tf-VAEGAN's ``feedback``): its ``PrecastForward``
-        while ``_critic_phase`` holds one, else the module itself."""
-        return self._precast.get(name) or getattr(self, name)
+        while ``_critic_phase`` holds one and no gradient is being recorded, else the module itself (so a
+        forward that needs gradients can never run from the gradient-free copies)."""
+        precast = self._precast.get(name)
+        return precast if precast is not None and not torch.is_grad_enabled() else getattr(self, name)
 
     def _critic_phase(self, feedback: bool) -> contextlib.AbstractContextManager:
         """Context of a step's critic updates, during which the encoder and generator do not change.

@@ -179,12 +179,16 @@ class TFVAEGAN(FVAEGAN):
     def transform_features(self, x: torch.Tensor, dtype: torch.dtype | None = None,
                            out: torch.Tensor | None = None) -> torch.Tensor:
         """``[x, Dec(x), Dec.hidden(x)]``: ``(N, D)`` → ``(N, D + A + H)``, on ``x``'s device, stored in
-        ``dtype`` (``None``: float32; the decoder always runs in float32), or written into ``out``."""
+        ``dtype`` (``None``: float32; the decoder always runs in float32), or written into ``out`` (an
+        ``(N, D + A + H)`` tensor; its own dtype then applies and ``dtype`` is not used)."""
         # chunk by chunk into one preallocated tensor: no list of chunks and no concatenated copy
         # (AWA2: 41k training rows x 6229 dims = 1 GB, which the list + cat held twice)
         d, a = x.shape[1], self.hparams.semantic_dim
+        shape = (x.shape[0], d + a + self.hparams.hidden_dim)
         if out is None:
-            out = x.new_empty(x.shape[0], d + a + self.hparams.hidden_dim, dtype=dtype or torch.float32)
+            out = x.new_empty(shape, dtype=dtype or torch.float32)
+        elif tuple(out.shape) != shape:
+            raise ValueError(f"transform_features: out has shape {tuple(out.shape)}, expected {shape}")
         for start in range(0, x.shape[0], _CHUNK):
             chunk = x[start:start + _CHUNK].to(self.device, torch.float32)
             a_hat, hidden = self.decoder(chunk)
