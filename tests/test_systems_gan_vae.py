@@ -150,13 +150,19 @@ def test_tfvaegan_classifier_features_are_x_dec_hidden(tiny_data):
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_tfvaegan_classifier_inputs_equal_the_base_inputs_mapped_set_by_set(tiny_data, dtype):
     """Writing every set straight into its mapped tensor (no input-space training matrix, the memory saving)
-    gives exactly the base class's inputs (real + synthetic, same noise) mapped by ``transform_features``."""
-    from zsl_gen.systems.base import GeneratorSystem
+    gives exactly the input-space inputs (real + synthetic, same noise) mapped by ``transform_features``."""
+    from types import SimpleNamespace
 
     system = tiny_system("tfvaegan", tiny_data)
     direct = system.classifier_inputs(tiny_data, 5, torch.Generator().manual_seed(3), dtype)
-    base = GeneratorSystem.classifier_inputs(system, tiny_data, 5, torch.Generator().manual_seed(3))
     system.eval()
+    unseen = tiny_data.unseen_classes
+    syn = system.synthesize(tiny_data.semantics[unseen], 5, torch.Generator().manual_seed(3))
+    base = SimpleNamespace(  # the input-space inputs, assembled independently
+        train_x=torch.cat([tiny_data.train_x, syn]), seen_x=tiny_data.seen_x, unseen_x=tiny_data.unseen_x,
+        train_y=torch.cat([tiny_data.train_y, unseen.repeat_interleave(5)]), zsl_train_y=unseen.repeat_interleave(5),
+        seen_y=tiny_data.seen_y, unseen_y=tiny_data.unseen_y, seen_classes=tiny_data.seen_classes,
+        unseen_classes=unseen)
     for name in ("train_x", "seen_x", "unseen_x"):
         expected = system.transform_features(getattr(base, name), dtype)
         assert getattr(direct, name).dtype == expected.dtype and torch.equal(getattr(direct, name), expected), name

@@ -284,8 +284,8 @@ class PrecastForward:
 
     Under autocast every ``nn.Linear`` call casts its float32 weight and bias to the autocast dtype anew
     (Lightning's ``bf16-mixed`` always turns autocast's cast cache off: a manual-optimisation step updates
-    weights inside one autocast region, where a cached cast would go stale). Where a module runs several times without gradients between two updates of its weights
-    (tf-VAEGAN's critic fakes: encoder, generator and feedback module in each of the 5 critic updates of a
+    weights inside one autocast region, where a cached cast would go stale). Where a module runs several
+    times without gradients between two updates of its weights (tf-VAEGAN's critic fakes: encoder, generator and feedback module in each of the 5 critic updates of a
     feedback step), casting once gives bit-identical outputs (a cast is deterministic, and autocast does not
     cast an argument that already has its dtype) for a fraction of the memory traffic: each cast of a
     4096 × 4096 weight reads 67 MB and writes a fresh 34 MB block.

@@ -175,29 +175,45 @@ class GeneratorSystem(pl.LightningModule):
         """
         raise NotImplementedError
 
+    def classifier_feature_dim(self, data: ZSLData) -> int:
+        """Width ``F`` of the final classifier's features: the image features' ``D`` here."""
+        return data.feature_dim
+
+    def transform_features(self, x: torch.Tensor, dtype: torch.dtype | None = None,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+        """The final classifier's features of image features ``x (N, D)``: ``x`` itself here (tf-VAEGAN maps
+        them), stored in ``dtype`` (``None``: ``x``'s; no copy when it already has it) or written into
+        ``out`` ``(N, F)``."""
+        if out is None:
+            return x.to(dtype or x.dtype)
+        return out.copy_(x)
+
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
                           dtype: torch.dtype | None = None) -> ClassifierInputs:
-        """Real seen training features + ``n_per_class`` synthetic features per unseen class.
+        """Real seen training features + ``n_per_class`` synthetic features per unseen class, and the test
+        features, each through ``transform_features``.
 
         ``dtype``: the features' storage dtype (``ClassifierConfig.feature_dtype``; ``None``: the data's).
-        The ZSL training set is a view of the synthetic rows of ``train_x``, not a second copy.
+        Real and synthetic rows are written straight into one training matrix (for tf-VAEGAN: mapped, so
+        the input-space matrix never exists beside it); the ZSL training set is a view of its synthetic rows.
         """
         was_training = self.training
         self.eval()
         try:
             syn_x = self.synthesize(data.semantics[data.unseen_classes], n_per_class, generator)
+            syn_y = data.unseen_classes.repeat_interleave(n_per_class)
+            n_real = data.train_x.shape[0]
+            train_x = data.train_x.new_empty(n_real + syn_x.shape[0], self.classifier_feature_dim(data),
+                                             dtype=dtype or data.train_x.dtype)
+            self.transform_features(data.train_x, out=train_x[:n_real])
+            self.transform_features(syn_x, out=train_x[n_real:])
+            del syn_x
+            seen_x, unseen_x = (self.transform_features(x, dtype) for x in (data.seen_x, data.unseen_x))
         finally:
             self.train(was_training)
-        syn_y = data.unseen_classes.repeat_interleave(n_per_class)
-        n_real = data.train_x.shape[0]
-        train_x = data.train_x.new_empty(n_real + syn_x.shape[0], data.feature_dim, dtype=dtype)
-        train_x[:n_real] = data.train_x
-        train_x[n_real:] = syn_x
-        del syn_x
         return ClassifierInputs(
             train_x=train_x, train_y=torch.cat([data.train_y, syn_y]),
             zsl_train_x=train_x[n_real:], zsl_train_y=syn_y,
-            seen_x=data.seen_x.to(dtype or data.seen_x.dtype), seen_y=data.seen_y,
-            unseen_x=data.unseen_x.to(dtype or data.unseen_x.dtype), unseen_y=data.unseen_y,
+            seen_x=seen_x, seen_y=data.seen_y, unseen_x=unseen_x, unseen_y=data.unseen_y,
             seen_classes=data.seen_classes, unseen_classes=data.unseen_classes)

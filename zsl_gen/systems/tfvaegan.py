@@ -13,7 +13,8 @@ f-VAEGAN (``FVAEGAN``) plus
 - an adaptive gradient-penalty weight: after each generator step's critic updates, λ ×1.1 when the
   statistic > 1.05, λ ÷1.1 when < 1.001 (``zsl_gen.losses.wgan.adapt_lambda``);
 - the encoder's Adam with default betas (quirk shared with ``ConditionalVAE``);
-- a GZSL classifier on ``[x, Dec(x), Dec.hidden(x)]`` for every set (``classifier_inputs``).
+- a GZSL classifier on ``[x, Dec(x), Dec.hidden(x)]`` for every set (``transform_features``, which the base
+  ``classifier_inputs`` applies).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import ConfigError
-from zsl_gen.eval.types import ClassifierInputs
 from zsl_gen.losses.vae import SEMANTIC_RECONSTRUCTIONS, semantic_reconstruction
 from zsl_gen.models.networks import Feedback, SemanticDecoder
 from zsl_gen.systems.base import adam
@@ -184,7 +184,7 @@ class TFVAEGAN(FVAEGAN):
         # chunk by chunk into one preallocated tensor: no list of chunks and no concatenated copy
         # (AWA2: 41k training rows x 6229 dims = 1 GB, which the list + cat held twice)
         d, a = x.shape[1], self.hparams.semantic_dim
-        shape = (x.shape[0], d + a + self.hparams.hidden_dim)
+        shape = (x.shape[0], d + a + self.hparams.hidden_dim)  # (N, classifier_feature_dim)
         if out is None:
             out = x.new_empty(shape, dtype=dtype or torch.float32)
         elif tuple(out.shape) != shape:
@@ -198,32 +198,5 @@ class TFVAEGAN(FVAEGAN):
             rows[:, d + a:] = hidden
         return out
 
-    @torch.no_grad()
-    def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
-                          dtype: torch.dtype | None = None) -> ClassifierInputs:
-        """Real seen + synthetic unseen (with feedback) training features and the test features, each mapped
-        by ``transform_features``, stored in ``dtype`` (``None``: float32).
-
-        The same inputs as the base class's mapped row by row, but each set is written straight into its
-        mapped tensor: the real + synthetic training matrix in the input space (AWA2: 41 527 × 2048, 340 MB)
-        never exists next to its mapped version.
-        """
-        was_training = self.training
-        self.eval()
-        try:
-            syn_x = self.synthesize(data.semantics[data.unseen_classes], n_per_class, generator)
-            syn_y = data.unseen_classes.repeat_interleave(n_per_class)
-            n_real = data.train_x.shape[0]
-            width = data.feature_dim + self.hparams.semantic_dim + self.hparams.hidden_dim
-            train_x = data.train_x.new_empty(n_real + syn_x.shape[0], width, dtype=dtype or torch.float32)
-            self.transform_features(data.train_x, out=train_x[:n_real])
-            self.transform_features(syn_x, out=train_x[n_real:])
-            del syn_x
-            seen_x, unseen_x = (self.transform_features(x, dtype) for x in (data.seen_x, data.unseen_x))
-        finally:
-            self.train(was_training)
-        return ClassifierInputs(
-            train_x=train_x, train_y=torch.cat([data.train_y, syn_y]),
-            zsl_train_x=train_x[n_real:], zsl_train_y=syn_y,
-            seen_x=seen_x, seen_y=data.seen_y, unseen_x=unseen_x, unseen_y=data.unseen_y,
-            seen_classes=data.seen_classes, unseen_classes=data.unseen_classes)
+    def classifier_feature_dim(self, data: ZSLData) -> int:
+        return data.feature_dim + self.hparams.semantic_dim + self.hparams.hidden_dim
