@@ -1,5 +1,6 @@
-"""Diverging generator training: one clear error for non-finite values, a recorded warning for a finite
-explosion, and the pieces behind them (the guard callback, the BCE failure path)."""
+"""Diverging generator training: a run that stops at its divergence and reports the epochs evaluated before
+it (on_divergence=stop), one clear error otherwise, a recorded warning for a finite explosion, and the
+pieces behind them (the guard callback, the BCE failure path, the selections over unequal runs)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import numpy as np
+
 from cli_helpers import TINY, zsl_train
 from zsl_gen.callbacks import DivergenceGuard, nonfinite_parameters
-from zsl_gen.errors import TrainingDiverged
+from zsl_gen.cli.report import aggregate, read_rows, to_csv, to_markdown
+from zsl_gen.errors import ConfigError, TrainingDiverged
+from zsl_gen.eval.selection import CurveStack, select
+from zsl_gen.export import load_generator
 from zsl_gen.losses.vae import bce_reconstruction
+from zsl_gen.systems.cvae import ConditionalVAE
 
 
 def epoch_end(guard: DivergenceGuard, module: torch.nn.Module, epoch: int, **means: float) -> None:
@@ -112,3 +119,95 @@ def test_a_resumed_run_keeps_the_warnings_of_the_splits_it_reads_back(tmp_path):
     resumed = zsl_train(tmp_path / "resumed", *TINY, "generator.system.lr=0.05", "logger=none", f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "resumed" / "run" / "results.json").read_text())["warnings"] == warnings
+
+
+def diverge_at(monkeypatch, epochs: dict[str, int]) -> None:
+    """Make the conditional VAE diverge at the start of epoch ``epochs[split]`` (1-based) of each split:
+    its first weight becomes NaN, so the decoder's reconstruction does too (the mid-epoch failure path)."""
+    original = ConditionalVAE.on_train_batch_start
+
+    def poisoned(self, batch, batch_idx):
+        original(self, batch, batch_idx)
+        if self.current_epoch + 1 == epochs.get(self.data.split):
+            with torch.no_grad():
+                next(self.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(ConditionalVAE, "on_train_batch_start", poisoned)
+
+
+FOUR_EPOCHS = (*TINY, "generator.epochs=4", "logger=none")
+
+
+def test_a_run_that_diverges_stops_and_reports_the_epochs_before_it(tmp_path, monkeypatch):
+    diverge_at(monkeypatch, {"val": 3, "test": 2})
+    proc = zsl_train(tmp_path, *FOUR_EPOCHS)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    stopped = results["stopped_early"]
+    assert {s: (r["epoch"], r["of"], r["last_evaluated_epoch"]) for s, r in stopped.items()} == {
+        "val": (3, 4, 2), "test": (2, 4, 1)}
+    assert "reconstruction contains NaN" in stopped["test"]["reason"]
+    curves = json.loads((run / "curves.json").read_text())
+    assert curves["val"]["epochs"] == [1, 2] and curves["test"]["epochs"] == [1]
+    # `val` chooses among the epochs both runs evaluated: epoch 2 exists on val only
+    assert results["results"]["val"]["gzsl_chosen"]["epoch"] == 1
+    assert results["results"]["paper"]["gzsl_chosen"]["epoch"] == 1
+    assert [w.split(":")[0] for w in results["warnings"]] == ["split=val", "split=test"]
+    assert "diverged in epoch 2 of 4" in results["warnings"][1] and "epoch 1's" in results["warnings"][1]
+    assert "! split=test: training diverged in epoch 2 of 4 and stopped" in proc.stdout
+    # the exported generator is the last evaluated epoch's, finite, not the diverged weights
+    generator = load_generator(run / "generator")
+    assert generator.meta["epochs"] == 1
+    assert all(torch.isfinite(p).all() for p in generator.system.parameters())
+    ckpt = torch.load(run / "checkpoints" / "test" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 0  # Lightning counts from 0: the checkpoint of epoch 1, not of the diverged 2
+    for name, value in generator.system.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][name]), name
+    assert not (run / "checkpoints" / "test" / "best-epoch001.ckpt").exists()
+
+    # resuming the stopped run reads both splits back, with where they stopped
+    resumed = zsl_train(tmp_path / "resumed", *FOUR_EPOCHS, f"ckpt_path={run / 'checkpoints' / 'test' / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((tmp_path / "resumed" / "run" / "results.json").read_text())
+    assert again["stopped_early"] == stopped and again["results"] == results["results"]
+
+    # zsl-report says how many of the runs it averages stopped early
+    table = aggregate(read_rows(run / "results.json"))
+    assert "| 1 (1 stopped early) |" in to_markdown(table)
+    assert to_csv(table).splitlines()[0].split(",")[:7] == ["dataset", "method", "semantics", "selection", "n",
+                                                            "seeds", "stopped_early"]
+
+
+def test_on_divergence_error_fails_the_run_without_results(tmp_path, monkeypatch):
+    diverge_at(monkeypatch, {"val": 3})
+    proc = zsl_train(tmp_path, *FOUR_EPOCHS, "on_divergence=error")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: generator training diverged on split=val in epoch 3 of 4" in proc.stderr
+    assert "last.ckpt" in proc.stderr  # the evaluated epochs' checkpoints are kept and named
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_bad_on_divergence_value_is_refused(tmp_path):
+    proc = zsl_train(tmp_path, *TINY, "on_divergence=ignore")
+    assert proc.returncode == 2
+    assert "config field `on_divergence` must be 'stop' or 'error', got 'ignore'" in proc.stderr
+
+
+def stack(epochs: list[int], h: list[float]) -> CurveStack:
+    """A one-row, one-γ curve stack with H (and S, U, T1) given per evaluated epoch."""
+    values = np.asarray(h, dtype=float).reshape(-1, 1, 1) / 100
+    return CurveStack(epochs=epochs, metrics={m: values for m in ("S", "U", "H", "T1")},
+                      row_labels=["final"], gammas=(0.0,))
+
+
+def test_the_val_selection_chooses_among_the_epochs_both_runs_evaluated():
+    val, test = stack([10, 20, 30], [40, 50, 60]), stack([10, 20], [45, 55])
+    chosen = select({"val": val, "test": test}, ["paper", "val"])
+    assert chosen["val"]["gzsl_chosen"]["epoch"] == 20 and chosen["val"]["gzsl"]["H"] == 55.0
+    assert chosen["paper"]["gzsl_chosen"]["epoch"] == 20
+    # the other way round: test evaluated longer; val's best stays within what val evaluated
+    chosen = select({"val": stack([10], [40]), "test": stack([10, 20], [45, 55])}, ["val"])
+    assert chosen["val"]["gzsl_chosen"]["epoch"] == 10 and chosen["val"]["gzsl"]["H"] == 45.0
+    with pytest.raises(ConfigError, match="evaluated at different epochs"):
+        select({"val": stack([5, 10], [1, 2]), "test": stack([10, 20], [1, 2])}, ["val"])

@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -145,6 +146,22 @@ class DivergenceGuard(pl.Callback):
             + f" Fix: lower the learning rate (generator.system.lr{f', now {lr:g}' if lr is not None else ''})"
             + (", train fewer epochs (generator.epochs), or run in fp32 (precision=fp32)." if bf16
                else " or train fewer epochs (generator.epochs)."))
+
+    def stopped(self, reason: str, pl_module: pl.LightningModule, epochs: int | None,
+                evaluated: list[int]) -> dict[str, Any]:
+        """The record of a run stopped at its divergence (``on_divergence=stop``) after the evaluated epochs
+        ``evaluated``: where and why it stopped, which epochs the selections choose among, the message."""
+        epoch = pl_module.current_epoch + 1 if pl_module._trainer is not None else len(self.history)
+        last = evaluated[-1]
+        span = f"epoch {last}" if len(evaluated) == 1 else f"epochs {evaluated[0]}–{last}"
+        lr = pl_module.hparams.get("lr")
+        message = (f"split={self.split}: generator training diverged in epoch {epoch}{f' of {epochs}' if epochs else ''} "
+                   f"({reason}) and stopped there. The selections choose among the evaluated {span}; the "
+                   f"generator kept (last.ckpt, the exported one) is epoch {last}'s. The schedule was not "
+                   f"completed: lower the learning rate (generator.system.lr{f', now {lr:g}' if lr is not None else ''})"
+                   " or train fewer epochs for a complete run")
+        return {"split": self.split, "epoch": epoch, "of": epochs, "last_evaluated_epoch": last,
+                "reason": reason, "message": message}
 
     def state_dict(self) -> dict:
         return {"history": [[e, m] for e, m in self.history], "warnings": list(self.warnings),

@@ -43,6 +43,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("keep_freed_memory", True), bool):
         raise ConfigError(f"config field `keep_freed_memory` must be true or false, got "
                           f"{cfg.keep_freed_memory!r}")
+    if cfg.get("on_divergence", "stop") not in ("stop", "error"):
+        raise ConfigError(f"config field `on_divergence` must be 'stop' or 'error', got {cfg.on_divergence!r}")
     check_bf16_hardware(cfg)
     selections = list(cfg.selections)
     if not selections or any(s not in SELECTIONS for s in selections):

@@ -89,12 +89,14 @@ def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
 
 class TrainedSplit(NamedTuple):
     """What training on one protocol split leaves: its evaluation curves, the trained system, the loggers
-    still open (``keep_loggers_open``) and the divergence warnings of ``DivergenceGuard``."""
+    still open (``keep_loggers_open``), the divergence warnings of ``DivergenceGuard`` and, for a run that
+    diverged and stopped (``on_divergence=stop``), where it stopped (``DivergenceGuard.stopped``)."""
 
     curves: CurveStack
     system: pl.LightningModule
     open_loggers: list
     warnings: list[str]
+    stopped: dict[str, Any] | None = None
 
 
 def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path: Path | None = None,
@@ -102,8 +104,11 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
     """Train the configured generator on ``data`` (one protocol), evaluating on its schedule; with
     ``ckpt_path``, continue an interrupted training from that checkpoint. With ``keep_loggers_open`` the
     loggers are returned unfinished (the caller logs the final results into them, then finishes them).
-    Raises ``TrainingDiverged`` (one message: where, the loss trajectory, what is kept, the fix) when
-    training produces non-finite values."""
+    When training produces non-finite values: with ``on_divergence=stop`` (the default) and at least one
+    evaluated epoch, training stops there and the split's result is its evaluated epochs, with the generator
+    of the last one (``TrainedSplit.stopped`` says so); otherwise (``on_divergence=error``, or nothing
+    evaluated yet) it raises ``TrainingDiverged`` (one message: where, the loss trajectory, what is kept,
+    the fix)."""
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     if cfg.get("keep_freed_memory", True):  # from here on: the data is loaded, training starts
         keep_freed_memory()
@@ -133,15 +138,23 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
                               default_root_dir=str(output_dir))
         trainer.fit(system, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except TrainingDiverged as err:
-        finish_loggers(loggers)
-        raise guard.explain(str(err), system, generator_epochs(cfg)) from None
+        if cfg.get("on_divergence", "stop") == "error" or not evaluation.records:
+            finish_loggers(loggers)
+            raise guard.explain(str(err), system, generator_epochs(cfg)) from None
+        stopped = guard.stopped(str(err), system, generator_epochs(cfg), [e for e, _ in evaluation.records])
+        log.warning(stopped["message"])
+        # the diverged weights are dropped: last.ckpt holds the last evaluated (finite) epoch
+        system = load_system(cfg, data, ckpt_dir / "last.ckpt")
     except BaseException:
         finish_loggers(loggers)
         raise
+    else:
+        stopped = None
     if not keep_loggers_open:
         finish_loggers(loggers)
         loggers = []
-    return TrainedSplit(CurveStack.from_records(evaluation.records), system, loggers, list(guard.warnings))
+    warnings = list(guard.warnings) + ([stopped["message"]] if stopped else [])
+    return TrainedSplit(CurveStack.from_records(evaluation.records), system, loggers, warnings, stopped)
 
 
 @dataclass
@@ -153,6 +166,7 @@ class ResumePlan:
     ckpt_path: Path | None = None
     finished: dict[str, CurveStack] = field(default_factory=dict)
     finished_warnings: dict[str, list[str]] = field(default_factory=dict)  # each finished split's DivergenceGuard
+    finished_stopped: dict[str, dict[str, Any]] = field(default_factory=dict)  # finished splits that stopped early
 
 
 def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
@@ -179,6 +193,8 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
             completed = json.loads(record.read_text())
             plan.finished[earlier] = CurveStack.from_dict(completed)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
+            if completed.get("stopped"):
+                plan.finished_stopped[earlier] = completed["stopped"]
         elif earlier != split:
             raise ConfigError(f"cannot resume: split={earlier} of {run_dir} did not finish ({record} missing); "
                               f"resume from {run_dir / 'checkpoints' / earlier / 'last.ckpt'} instead")
@@ -257,6 +273,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     stacks: dict[str, CurveStack] = {}
     timing: dict[str, float] = {}
     training_warnings: list[str] = []  # divergence the run survived (DivergenceGuard)
+    stopped_early: dict[str, dict[str, Any]] = {}  # split -> where its diverged training stopped
     data = None
     for split in splits:
         data = protocol_data(cfg, raw, split)
@@ -264,6 +281,8 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
         split_warnings: list[str] = []
         if split in resume.finished:
             stacks[split], split_warnings = resume.finished[split], resume.finished_warnings[split]
+            if split in resume.finished_stopped:
+                stopped_early[split] = resume.finished_stopped[split]
             log.info("split=%s: finished in %s, read back", split, resume.run_dir)
             if split == "test":
                 system = load_system(cfg, data, resume.run_dir / "checkpoints" / "test" / "last.ckpt")
@@ -277,15 +296,19 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
             stacks[split], system = trained.curves, trained.system
             open_loggers.extend(trained.open_loggers)
             split_warnings = trained.warnings
+            if trained.stopped:
+                stopped_early[split] = trained.stopped
         training_warnings.extend(split_warnings)
         # the split's completion record (exact values and its warnings), read back when a later split is resumed
         if is_rank_zero():
             write_json_atomic(output_dir / "splits" / f"{split}.json",
-                              {**stacks[split].as_dict(percent=False), "warnings": split_warnings})
+                              {**stacks[split].as_dict(percent=False), "warnings": split_warnings,
+                               "stopped": stopped_early.get(split)})
         if cfg.generator.name != "eszsl" and split == "test" and is_rank_zero():
             export_generator(system, data, output_dir / "generator", extra={
                 "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
-                "epochs": generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
+                "epochs": stopped_early["test"]["last_evaluated_epoch"] if "test" in stopped_early
+                else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
     assert data is not None  # the last split run: test, or val in a `val_split`-only run
     exported = cfg.generator.name != "eszsl" and "test" in splits
@@ -300,6 +323,9 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
         "results": select(stacks, selections),
         "timing": timing,
         "warnings": training_warnings,
+        # splits whose training diverged and stopped before generator_epochs (on_divergence=stop): their
+        # results come from the epochs evaluated before it
+        "stopped_early": stopped_early,
         "generator_export": str(output_dir / "generator") if exported else None,
         "device": str(torch.device("cuda") if cfg.trainer.get("accelerator") == "gpu" else "cpu"),
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -79,6 +79,9 @@ def summary_table(results: dict[str, Any]) -> str:
                      + (" — scores on split=val" if sel.get("evaluated_on") == "val" else ""))
     if "test" not in results.get("protocol", {}).get("splits_run", ["test"]):
         lines.append("(val_split only: the test split was not run; run selections=[paper,val] for test numbers)")
+    for split, stop in results.get("stopped_early", {}).items():
+        lines.append(f"! split={split}: training diverged in epoch {stop['epoch']} of {stop['of']} and stopped; its "
+                     f"numbers come from the epochs up to {stop['last_evaluated_epoch']} (results.json: stopped_early)")
     if any(s["optimistic"] for s in results["results"].values()):
         lines.append("* paper: best epoch measured on the test split, as published — optimistic.")
     return "\n".join(lines)

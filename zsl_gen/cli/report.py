@@ -4,7 +4,8 @@
         [--md report.md] [--csv report.csv]
 
 Rows are grouped by (dataset, method, semantic space, selection); each cell is the mean ± sample
-standard deviation over the seeds found (``n`` says how many).
+standard deviation over the seeds found (``n`` says how many, and how many of them stopped early because
+their training diverged: their numbers come from the epochs before it).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         for selection, res in record["results"].items():
             rows.append({"dataset": record["dataset"]["name"], "method": record["method"],
                          "semantics": record["dataset"]["semantic_space"], "selection": selection,
-                         "seed": record["seed"], **res["gzsl"], "T1": res["zsl"]["T1"]})
+                         "seed": record["seed"], **res["gzsl"], "T1": res["zsl"]["T1"],
+                         "stopped_early": bool(record.get("stopped_early"))})
         return rows
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err}); the run may have been interrupted — rerun it or "
@@ -78,6 +80,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = dict(zip(KEY_FIELDS, key))
         entry["n"] = len(members)
         entry["seeds"] = sorted({m["seed"] for m in members})
+        entry["stopped_early"] = sum(bool(m.get("stopped_early")) for m in members)
         for metric in METRICS:
             entry[metric] = mean_std([float(m[metric]) for m in members])
         table.append(entry)
@@ -90,7 +93,8 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
     for e in table:
         cells = [f"{e[m][0]:.2f} ± {e[m][1]:.2f}" for m in METRICS]
         label = e["selection"] + {"paper": " (optimistic)", "val_split": " (scores on split=val)"}.get(e["selection"], "")
-        lines.append(f"| {e['dataset']} | {e['method']} | {e['semantics']} | {label} | {e['n']} | "
+        n = f"{e['n']}" + (f" ({e['stopped_early']} stopped early)" if e.get("stopped_early") else "")
+        lines.append(f"| {e['dataset']} | {e['method']} | {e['semantics']} | {label} | {n} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -98,9 +102,10 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
 def to_csv(table: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([*KEY_FIELDS, "n", "seeds"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
+    writer.writerow([*KEY_FIELDS, "n", "seeds", "stopped_early"]
+                    + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
     for e in table:
-        writer.writerow([*(e[k] for k in KEY_FIELDS), e["n"], " ".join(map(str, e["seeds"]))]
+        writer.writerow([*(e[k] for k in KEY_FIELDS), e["n"], " ".join(map(str, e["seeds"])), e.get("stopped_early", 0)]
                         + [f"{v:.4f}" for m in METRICS for v in e[m]])
     return buf.getvalue()
 

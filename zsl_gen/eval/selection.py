@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from zsl_gen.errors import ConfigError
 from zsl_gen.eval.types import EvalCurves
 
 METRICS = ("S", "U", "H", "T1")
@@ -50,6 +51,11 @@ class CurveStack:
         return {"epochs": self.epochs, "rows": self.row_labels, "gammas": list(self.gammas),
                 "unit": "percent" if percent else "fraction", **values}
 
+    def head(self, n: int) -> "CurveStack":
+        """The first ``n`` evaluated epochs."""
+        return CurveStack(epochs=self.epochs[:n], metrics={m: v[:n] for m, v in self.metrics.items()},
+                          row_labels=self.row_labels, gammas=self.gammas)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CurveStack":
         scale = 100.0 if d.get("unit", "percent") == "percent" else 1.0
@@ -63,7 +69,8 @@ def select(stacks: dict[str, CurveStack], selections: list[str]) -> dict[str, An
     ``paper``: the best H (and, separately, the best T1) over every generator epoch, classifier epoch and
     γ, measured on test — the published practice, optimistic. ``val``: the (epoch, classifier epoch, γ)
     with the best H (T1) on split=val, then the test run read once at that index. Both runs evaluate on
-    the same schedule, so indices line up. ``val_split``: the val run alone, its best H (T1) and the scores
+    the same schedule, so indices line up; where one run stopped early (diverged training), the choice is
+    among the epochs both runs evaluated. ``val_split``: the val run alone, its best H (T1) and the scores
     there, all on split=val — no test number at all (what a hyper-parameter search optimises; the test
     split is then not even run).
     """
@@ -86,6 +93,12 @@ def select(stacks: dict[str, CurveStack], selections: list[str]) -> dict[str, An
                         "gzsl_chosen": test.describe(h_idx), "zsl_chosen": test.describe(t_idx)}
     if "val" in selections:
         val = stacks["val"]
+        common = min(len(val.epochs), len(test.epochs))
+        if val.epochs[:common] != test.epochs[:common]:
+            raise ConfigError(f"the val and test runs were evaluated at different epochs ({val.epochs[:common]} "
+                              f"vs {test.epochs[:common]}): the `val` selection needs one schedule (the same "
+                              "eval_every and generator.epochs for both; resume with the run's own settings)")
+        val = val.head(common)
         h_idx, t_idx = val.best("H"), val.best("T1")
         at_h = test.at(h_idx)
         out["val"] = {"gzsl": {k: at_h[k] for k in ("S", "U", "H")}, "zsl": {"T1": test.at(t_idx)["T1"]},
