@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
-
 from cli_helpers import TINY, zsl_train
+
 from zsl_gen.callbacks import DivergenceGuard, nonfinite_parameters
 from zsl_gen.cli.report import aggregate, read_rows, to_csv, to_markdown
 from zsl_gen.errors import ConfigError, TrainingDiverged
