@@ -43,7 +43,8 @@ def test_eszsl_on_synthetic_writes_complete_results(tmp_path):
     # paper is the best over everything measured on test, so never below the val-selected test number
     assert results["results"]["paper"]["gzsl"]["H"] >= results["results"]["val"]["gzsl"]["H"]
     assert results["results"]["paper"]["optimistic"] and not results["results"]["val"]["optimistic"]
-    assert {"torch", "pytorch_lightning", "hydra", "zsl_gen"} <= set(results["versions"])
+    assert {"torch", "pytorch_lightning", "hydra", "zsl_gen", "cpu"} <= set(results["versions"])
+    assert results["versions"]["torch_threads"] == torch.get_num_threads()  # bf16 rounding depends on it
     if (REPO / ".git").exists():  # a git checkout records the commit and whether tracked files had edits
         assert len(results["versions"]["git_commit"]) == 40
         assert isinstance(results["versions"]["git_dirty"], bool)

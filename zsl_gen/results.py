@@ -13,7 +13,21 @@ from typing import Any
 
 import numpy as np
 
-def versions() -> dict[str, str]:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, Any]:
+    """The software and the compute a result came from. ``torch_threads`` and ``cpu`` belong here because
+    bf16 matrix products round differently with another thread count (oneDNN's blocking), so a bf16 run
+    replays bit for bit only on the same thread count (fp32 products matched across thread counts)."""
     import hydra
     import omegaconf
     import pytorch_lightning
@@ -25,7 +39,10 @@ def versions() -> dict[str, str]:
     info = {"zsl_gen": zsl_gen.__version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "pytorch_lightning": pytorch_lightning.__version__, "hydra": hydra.__version__,
             "omegaconf": omegaconf.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda or ""
+        info["gpu"] = torch.cuda.get_device_name(0)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent)
