@@ -120,18 +120,22 @@ def test_a_resumed_run_keeps_the_warnings_of_the_splits_it_reads_back(tmp_path):
     assert json.loads((tmp_path / "resumed" / "run" / "results.json").read_text())["warnings"] == warnings
 
 
-def diverge_at(monkeypatch, epochs: dict[str, int]) -> None:
-    """Make the conditional VAE diverge at the start of epoch ``epochs[split]`` (1-based) of each split:
-    its first weight becomes NaN, so the decoder's reconstruction does too (the mid-epoch failure path)."""
-    original = ConditionalVAE.on_train_batch_start
+def diverge_at(monkeypatch, epochs: dict[str, int], at_epoch_end: bool = False) -> None:
+    """Make the conditional VAE diverge in epoch ``epochs[split]`` (1-based) of each split: its first weight
+    becomes NaN at the epoch's first batch (the decoder's reconstruction turns NaN: the mid-epoch failure
+    path) or, ``at_epoch_end``, after its last step (the guard's epoch-end parameter check)."""
+    hook = "on_train_batch_end" if at_epoch_end else "on_train_batch_start"
+    original = getattr(ConditionalVAE, hook)
 
-    def poisoned(self, batch, batch_idx):
-        original(self, batch, batch_idx)
-        if self.current_epoch + 1 == epochs.get(self.data.split):
+    def poisoned(self, *args):
+        original(self, *args)
+        batch_idx = args[-1]
+        last = self.trainer.num_training_batches - 1
+        if self.current_epoch + 1 == epochs.get(self.data.split) and batch_idx == (last if at_epoch_end else 0):
             with torch.no_grad():
                 next(self.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(ConditionalVAE, "on_train_batch_start", poisoned)
+    monkeypatch.setattr(ConditionalVAE, hook, poisoned)
 
 
 FOUR_EPOCHS = (*TINY, "generator.epochs=4", "logger=none")
@@ -165,17 +169,45 @@ def test_a_run_that_diverges_stops_and_reports_the_epochs_before_it(tmp_path, mo
         assert torch.equal(value, ckpt["state_dict"][name]), name
     assert not (run / "checkpoints" / "test" / "best-epoch001.ckpt").exists()
 
-    # resuming the stopped run reads both splits back, with where they stopped
+    # resuming the stopped test split (into a new directory) reads split=val back and continues test from
+    # its epoch-1 checkpoint: it diverges again in epoch 2, before this run's first checkpoint, so the
+    # generator kept is the one it resumed from
     resumed = zsl_train(tmp_path / "resumed", *FOUR_EPOCHS, f"ckpt_path={run / 'checkpoints' / 'test' / 'last.ckpt'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Traceback" not in resumed.stderr
     again = json.loads((tmp_path / "resumed" / "run" / "results.json").read_text())
     assert again["stopped_early"] == stopped and again["results"] == results["results"]
+    assert not (tmp_path / "resumed" / "run" / "checkpoints" / "test").exists()
+    assert load_generator(tmp_path / "resumed" / "run" / "generator").meta["epochs"] == 1
 
     # zsl-report says how many of the runs it averages stopped early
     table = aggregate(read_rows(run / "results.json"))
     assert "| 1 (1 stopped early) |" in to_markdown(table)
     assert to_csv(table).splitlines()[0].split(",")[:7] == ["dataset", "method", "semantics", "selection", "n",
                                                             "seeds", "stopped_early"]
+
+
+def test_a_divergence_found_at_epoch_end_keeps_the_last_evaluated_epoch(tmp_path, monkeypatch):
+    diverge_at(monkeypatch, {"test": 5}, at_epoch_end=True)
+    proc = zsl_train(tmp_path, *TINY, "generator.epochs=6", "eval_every=2", "logger=none", "selections=[paper]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    test = results["stopped_early"]["test"]
+    assert (test["epoch"], test["of"], test["last_evaluated_epoch"]) == (5, 6, 4)
+    assert test["reason"].startswith("parameters ") and "are not finite" in test["reason"]
+    assert json.loads((tmp_path / "run" / "curves.json").read_text())["test"]["epochs"] == [2, 4]
+    assert results["results"]["paper"]["gzsl_chosen"]["epoch"] in (2, 4)
+    assert load_generator(tmp_path / "run" / "generator").meta["epochs"] == 4
+
+
+def test_report_marks_only_the_selections_a_stopped_split_feeds(tmp_path):
+    record = {"dataset": {"name": "CUB", "semantic_space": "att"}, "method": "fvaegan", "seed": 0,
+              "stopped_early": {"val": {"epoch": 3}},
+              "results": {name: {"gzsl": {"S": 1.0, "U": 1.0, "H": 1.0}, "zsl": {"T1": 1.0}}
+                          for name in ("paper", "val")}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(record))
+    assert {r["selection"]: r["stopped_early"] for r in read_rows(path)} == {"paper": False, "val": True}
 
 
 def test_on_divergence_error_fails_the_run_without_results(tmp_path, monkeypatch):
@@ -202,11 +234,16 @@ def stack(epochs: list[int], h: list[float]) -> CurveStack:
 
 def test_the_val_selection_chooses_among_the_epochs_both_runs_evaluated():
     val, test = stack([10, 20, 30], [40, 50, 60]), stack([10, 20], [45, 55])
-    chosen = select({"val": val, "test": test}, ["paper", "val"])
+    chosen = select({"val": val, "test": test}, ["paper", "val"], stopped={"test"})
     assert chosen["val"]["gzsl_chosen"]["epoch"] == 20 and chosen["val"]["gzsl"]["H"] == 55.0
+    assert chosen["val"]["epochs_considered"] == 20
     assert chosen["paper"]["gzsl_chosen"]["epoch"] == 20
-    # the other way round: test evaluated longer; val's best stays within what val evaluated
-    chosen = select({"val": stack([10], [40]), "test": stack([10, 20], [45, 55])}, ["val"])
+    # the other way round: val stopped; its best stays within what val evaluated
+    chosen = select({"val": stack([10], [40]), "test": stack([10, 20], [45, 55])}, ["val"], stopped={"val"})
     assert chosen["val"]["gzsl_chosen"]["epoch"] == 10 and chosen["val"]["gzsl"]["H"] == 45.0
+    assert "epochs_considered" not in chosen["val"]
+    # runs of different lengths that did not stop are not silently cut, nor are different schedules
     with pytest.raises(ConfigError, match="evaluated at different epochs"):
-        select({"val": stack([5, 10], [1, 2]), "test": stack([10, 20], [1, 2])}, ["val"])
+        select({"val": stack([10], [40]), "test": stack([10, 20], [45, 55])}, ["val"])
+    with pytest.raises(ConfigError, match="evaluated at different epochs"):
+        select({"val": stack([5, 10], [1, 2]), "test": stack([10, 20], [1, 2])}, ["val"], stopped={"val"})

@@ -147,19 +147,23 @@ class DivergenceGuard(pl.Callback):
             + (", train fewer epochs (generator.epochs), or run in fp32 (precision=fp32)." if bf16
                else " or train fewer epochs (generator.epochs)."))
 
-    def stopped(self, reason: str, pl_module: pl.LightningModule, epochs: int | None,
-                evaluated: list[int]) -> dict[str, Any]:
+    def stopped(self, reason: str, pl_module: pl.LightningModule, epochs: int | None, evaluated: list[int],
+                exported: bool = False) -> dict[str, Any]:
         """The record of a run stopped at its divergence (``on_divergence=stop``) after the evaluated epochs
-        ``evaluated``: where and why it stopped, which epochs the selections choose among, the message."""
+        ``evaluated``: where and why it stopped, which epochs its results come from, the message.
+        ``exported``: this split's generator is the one the run exports (split=test)."""
         epoch = pl_module.current_epoch + 1 if pl_module._trainer is not None else len(self.history)
         last = evaluated[-1]
         span = f"epoch {last}" if len(evaluated) == 1 else f"epochs {evaluated[0]}–{last}"
         lr = pl_module.hparams.get("lr")
+        bf16 = pl_module._trainer is not None and "bf16" in str(pl_module._trainer.precision)
         message = (f"split={self.split}: generator training diverged in epoch {epoch}{f' of {epochs}' if epochs else ''} "
-                   f"({reason}) and stopped there. The selections choose among the evaluated {span}; the "
-                   f"generator kept (last.ckpt, the exported one) is epoch {last}'s. The schedule was not "
-                   f"completed: lower the learning rate (generator.system.lr{f', now {lr:g}' if lr is not None else ''})"
-                   " or train fewer epochs for a complete run")
+                   f"({reason}) and stopped there. Its results come from the evaluated {span} (the `val` "
+                   f"selection: those both splits evaluated); the generator kept (last.ckpt"
+                   f"{', the exported one' if exported else ''}) is epoch {last}'s. The schedule was not "
+                   f"completed: for a complete run lower the learning rate (generator.system.lr"
+                   f"{f', now {lr:g}' if lr is not None else ''})"
+                   + (", train fewer epochs or run in fp32 (precision=fp32)" if bf16 else " or train fewer epochs"))
         return {"split": self.split, "epoch": epoch, "of": epochs, "last_evaluated_epoch": last,
                 "reason": reason, "message": message}
 

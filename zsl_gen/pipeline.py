@@ -138,13 +138,17 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
                               default_root_dir=str(output_dir))
         trainer.fit(system, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except TrainingDiverged as err:
-        if cfg.get("on_divergence", "stop") == "error" or not evaluation.records:
+        # the diverged weights are dropped for the last evaluated (finite) epoch's checkpoint: this run's
+        # last.ckpt, or, when it diverged before its first checkpoint after a resume, the one it resumed from.
+        # Several DDP ranks cannot agree to stop (each sees its own shard), so there it is always an error.
+        kept = last_evaluated_checkpoint([ckpt_dir / "last.ckpt", ckpt_path], evaluation.records)
+        if cfg.get("on_divergence", "stop") == "error" or kept is None or trainer.world_size > 1:
             finish_loggers(loggers)
             raise guard.explain(str(err), system, generator_epochs(cfg)) from None
-        stopped = guard.stopped(str(err), system, generator_epochs(cfg), [e for e, _ in evaluation.records])
+        stopped = guard.stopped(str(err), system, generator_epochs(cfg), [e for e, _ in evaluation.records],
+                                exported=data.split == "test")
         log.warning(stopped["message"])
-        # the diverged weights are dropped: last.ckpt holds the last evaluated (finite) epoch
-        system = load_system(cfg, data, ckpt_dir / "last.ckpt")
+        system = load_system(cfg, data, kept)
     except BaseException:
         finish_loggers(loggers)
         raise
@@ -155,6 +159,22 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
         loggers = []
     warnings = list(guard.warnings) + ([stopped["message"]] if stopped else [])
     return TrainedSplit(CurveStack.from_records(evaluation.records), system, loggers, warnings, stopped)
+
+
+def last_evaluated_checkpoint(candidates: list[Path | None], records: list) -> Path | None:
+    """The first checkpoint among ``candidates`` saved at the last evaluated epoch of ``records``
+    (``(epoch, curves)``, 1-based epochs), or None (nothing evaluated, or no such checkpoint)."""
+    if not records:
+        return None
+    for path in candidates:
+        if path is not None and Path(path).is_file():
+            try:
+                epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"] + 1
+            except Exception:  # an unreadable candidate is simply not the one
+                continue
+            if epoch == records[-1][0]:
+                return Path(path)
+    return None
 
 
 @dataclass
@@ -189,7 +209,10 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
     plan = ResumePlan(run_dir=run_dir, split=split, ckpt_path=ckpt)
     for earlier in splits[:splits.index(split) + 1]:
         record = run_dir / "splits" / f"{earlier}.json"
-        if record.is_file():
+        if record.is_file() and earlier == split and json.loads(record.read_text()).get("stopped"):
+            # a split that stopped at its divergence continues from its checkpoint (with, say, a lower lr)
+            log.info("split=%s of %s stopped at its divergence: continuing it from %s", split, run_dir, ckpt)
+        elif record.is_file():
             completed = json.loads(record.read_text())
             plan.finished[earlier] = CurveStack.from_dict(completed)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
@@ -311,6 +334,8 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
                 else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
     assert data is not None  # the last split run: test, or val in a `val_split`-only run
+    # what training ran on (Lightning's DDP launcher may have changed it since the run began)
+    code_versions = {**code_versions, "torch_threads": torch.get_num_threads()}
     exported = cfg.generator.name != "eszsl" and "test" in splits
     results = {
         "created": utc_now(),
@@ -320,7 +345,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
         "protocol": {"selections": selections, "splits_run": splits, "eval_every": int(cfg.eval_every),
                      "generator_epochs": generator_epochs(cfg) if cfg.generator.name != "eszsl" else None,
                      "val_seen_fraction": float(cfg.dataset.val_seen_fraction)},
-        "results": select(stacks, selections),
+        "results": select(stacks, selections, stopped=set(stopped_early)),
         "timing": timing,
         "warnings": training_warnings,
         # splits whose training diverged and stopped before generator_epochs (on_divergence=stop): their

@@ -40,9 +40,6 @@ def versions() -> dict[str, Any]:
             "pytorch_lightning": pytorch_lightning.__version__, "hydra": hydra.__version__,
             "omegaconf": omegaconf.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "platform": platform.platform(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["cuda"] = torch.version.cuda or ""
-        info["gpu"] = torch.cuda.get_device_name(0)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent)

@@ -25,6 +25,8 @@ from zsl_gen.errors import DataError
 
 METRICS = ("S", "U", "H", "T1")
 KEY_FIELDS = ("dataset", "method", "semantics", "selection")
+# the training runs each selection's numbers depend on (zsl-eval's selections use the exported test run)
+SPLITS_USED = {"paper": {"test"}, "val": {"val", "test"}, "val_split": {"val"}}
 
 
 def find_results(paths: Iterable[Path]) -> list[Path]:
@@ -48,11 +50,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         record = json.loads(path.read_text())
         rows = []
+        stopped = set(record.get("stopped_early") or {})
         for selection, res in record["results"].items():
             rows.append({"dataset": record["dataset"]["name"], "method": record["method"],
                          "semantics": record["dataset"]["semantic_space"], "selection": selection,
                          "seed": record["seed"], **res["gzsl"], "T1": res["zsl"]["T1"],
-                         "stopped_early": bool(record.get("stopped_early"))})
+                         "stopped_early": bool(stopped & SPLITS_USED.get(selection, {"test"}))})
         return rows
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err}); the run may have been interrupted — rerun it or "

@@ -63,14 +63,15 @@ class CurveStack:
                    metrics={m: np.asarray(d[m], dtype=float) / scale for m in METRICS})
 
 
-def select(stacks: dict[str, CurveStack], selections: list[str]) -> dict[str, Any]:
+def select(stacks: dict[str, CurveStack], selections: list[str],
+           stopped: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """The reported numbers of each selection.
 
     ``paper``: the best H (and, separately, the best T1) over every generator epoch, classifier epoch and
     γ, measured on test — the published practice, optimistic. ``val``: the (epoch, classifier epoch, γ)
     with the best H (T1) on split=val, then the test run read once at that index. Both runs evaluate on
-    the same schedule, so indices line up; where one run stopped early (diverged training), the choice is
-    among the epochs both runs evaluated. ``val_split``: the val run alone, its best H (T1) and the scores
+    the same schedule, so indices line up; where one run stopped early (its split in ``stopped``: training
+    diverged), the choice is among the epochs both runs evaluated. ``val_split``: the val run alone, its best H (T1) and the scores
     there, all on split=val — no test number at all (what a hyper-parameter search optimises; the test
     split is then not even run).
     """
@@ -93,10 +94,12 @@ def select(stacks: dict[str, CurveStack], selections: list[str]) -> dict[str, An
                         "gzsl_chosen": test.describe(h_idx), "zsl_chosen": test.describe(t_idx)}
     if "val" in selections:
         val = stacks["val"]
+        shorter = "val" if len(val.epochs) < len(test.epochs) else "test"
         common = min(len(val.epochs), len(test.epochs))
-        if val.epochs[:common] != test.epochs[:common]:
-            raise ConfigError(f"the val and test runs were evaluated at different epochs ({val.epochs[:common]} "
-                              f"vs {test.epochs[:common]}): the `val` selection needs one schedule (the same "
+        if val.epochs[:common] != test.epochs[:common] or (
+                len(val.epochs) != len(test.epochs) and shorter not in stopped):
+            raise ConfigError(f"the val and test runs were evaluated at different epochs (val: {val.epochs}, "
+                              f"test: {test.epochs}): the `val` selection needs one schedule (the same "
                               "eval_every and generator.epochs for both; resume with the run's own settings)")
         val = val.head(common)
         h_idx, t_idx = val.best("H"), val.best("T1")
@@ -106,4 +109,6 @@ def select(stacks: dict[str, CurveStack], selections: list[str]) -> dict[str, An
                       "gzsl_chosen": val.describe(h_idx), "zsl_chosen": val.describe(t_idx),
                       "val_scores": {**{k: val.at(h_idx)[k] for k in ("S", "U", "H")},
                                      "T1": val.at(t_idx)["T1"]}}
+        if len(val.epochs) < len(stacks["val"].epochs):
+            out["val"]["epochs_considered"] = val.epochs[-1]  # up to here: the test run stopped there
     return out
