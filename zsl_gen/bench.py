@@ -82,7 +82,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zsl_gen.runtime import keep_freed_memory, native_bf16, release_freed_memory
+from zsl_gen.runtime import cpu_model, keep_freed_memory, native_bf16, release_freed_memory
 
 METHODS = ("fclswgan", "cvae", "fvaegan", "tfvaegan", "cadavae")
 DATASETS = ("CUB", "SUN", "AWA2", "FLO")
@@ -183,16 +183,6 @@ def compose_config(method: str, dataset: str, precision: str, overrides: list[st
 
 
 # ---- machine -------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

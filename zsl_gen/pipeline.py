@@ -209,11 +209,11 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
     plan = ResumePlan(run_dir=run_dir, split=split, ckpt_path=ckpt)
     for earlier in splits[:splits.index(split) + 1]:
         record = run_dir / "splits" / f"{earlier}.json"
-        if record.is_file() and earlier == split and json.loads(record.read_text()).get("stopped"):
+        completed = json.loads(record.read_text()) if record.is_file() else None
+        if completed is not None and earlier == split and completed.get("stopped"):
             # a split that stopped at its divergence continues from its checkpoint (with, say, a lower lr)
             log.info("split=%s of %s stopped at its divergence: continuing it from %s", split, run_dir, ckpt)
-        elif record.is_file():
-            completed = json.loads(record.read_text())
+        elif completed is not None:
             plan.finished[earlier] = CurveStack.from_dict(completed)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
             if completed.get("stopped"):

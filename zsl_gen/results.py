@@ -13,17 +13,6 @@ from typing import Any
 
 import numpy as np
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def versions() -> dict[str, Any]:
     """The software and the compute a result came from. ``torch_threads`` and ``cpu`` belong here because
     bf16 matrix products round differently with another thread count (oneDNN's blocking), so a bf16 run
@@ -35,6 +24,7 @@ def versions() -> dict[str, Any]:
     import torch
 
     import zsl_gen
+    from zsl_gen.runtime import cpu_model
 
     info = {"zsl_gen": zsl_gen.__version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "pytorch_lightning": pytorch_lightning.__version__, "hydra": hydra.__version__,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+from pathlib import Path
 
 import torch
 
@@ -80,3 +81,14 @@ def native_bf16(device: str = "cpu") -> bool:
         return bool(check()) if check is not None else True
     except RuntimeError:
         return True
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` or the machine type elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
