@@ -52,6 +52,23 @@ def test_a_finite_explosion_of_a_non_negative_loss_is_warned_once(tmp_path):
     assert "epoch 5: train/vae rose to 1e+14" in guard.warnings[0] and "580 at epoch 3" in guard.warnings[0]
 
 
+def test_an_explosion_above_the_stop_factor_counts_as_divergence(tmp_path):
+    guard, net = DivergenceGuard("val", tmp_path, stop_factor=1000.0), torch.nn.Linear(3, 2)
+    for epoch, value in enumerate([944.0, 580.0, 5.0e4], start=1):  # 86x, then warned only above 100x
+        epoch_end(guard, net, epoch, vae=value, penalty=0.01 * epoch)
+    assert guard.warnings == []
+    epoch_end(guard, net, 4, vae=5.0e5, penalty=0.04)  # 862x: warned, not stopped
+    assert len(guard.warnings) == 1 and "train/vae rose to 5e+05" in guard.warnings[0]
+    with pytest.raises(TrainingDiverged, match=r"train/vae rose to 1e\+06, 1\.72e\+03× its lowest epoch mean "
+                                               r"\(580 at epoch 2\), above stop_on_explosion=1000"):
+        epoch_end(guard, net, 5, vae=1.0e6, penalty=0.05)
+    # without a stop factor the same rise is a warning only
+    warn_only = DivergenceGuard("val", tmp_path)
+    for epoch, value in enumerate([580.0, 1.0e9], start=1):
+        epoch_end(warn_only, net, epoch, vae=value)
+    assert len(warn_only.warnings) == 1
+
+
 def test_signed_losses_never_count_as_exploding(tmp_path):
     # a WGAN critic loss changes sign and scale legitimately
     guard, net = DivergenceGuard("val", tmp_path), torch.nn.Linear(3, 2)
@@ -106,6 +123,32 @@ def test_zsl_train_records_a_survived_explosion_in_results(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = json.loads((tmp_path / "run" / "results.json").read_text())["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("split=val, epoch 2: train/vae rose to")
+
+
+def test_stop_on_explosion_stops_a_finite_explosion_and_reports_the_epochs_before_it(tmp_path):
+    # the same run as above (train/vae rises ~1e9x in epoch 2), with explosions above 1000x counted as
+    # divergence: on_divergence=stop keeps epoch 1, the epoch evaluated before it
+    proc = zsl_train(tmp_path, *TINY, "generator.system.lr=0.05", "logger=none", "selections=[val_split]",
+                     "stop_on_explosion=1000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    val = results["stopped_early"]["val"]
+    assert (val["epoch"], val["of"], val["last_evaluated_epoch"]) == (2, 2, 1)
+    assert val["reason"].startswith("train/vae rose to") and "above stop_on_explosion=1000" in val["reason"]
+    assert results["results"]["val_split"]["gzsl_chosen"]["epoch"] == 1
+    assert len(results["warnings"]) == 1 and "stopped there" in results["warnings"][0]
+    # on_divergence=error turns it into the one-line error
+    failed = zsl_train(tmp_path / "error", *TINY, "generator.system.lr=0.05", "logger=none",
+                       "selections=[val_split]", "stop_on_explosion=1000", "on_divergence=error")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "diverged on split=val in epoch 2 of 2: train/vae rose to" in failed.stderr
+
+
+@pytest.mark.parametrize("value", ["1", "0.5", "nan", "true", "abc"])
+def test_a_bad_stop_on_explosion_is_refused(tmp_path, value):
+    proc = zsl_train(tmp_path, *TINY, f"stop_on_explosion={value}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "config field `stop_on_explosion` must be a factor > 1 (e.g. stop_on_explosion=1000) or null" in proc.stderr
 
 
 def test_a_resumed_run_keeps_the_warnings_of_the_splits_it_reads_back(tmp_path):

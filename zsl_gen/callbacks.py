@@ -86,15 +86,19 @@ class DivergenceGuard(pl.Callback):
     raising ``TrainingDiverged``) is explained by ``explain`` with the same context. A non-negative
     ``train/*`` mean that rises above ``explode_factor`` × its lowest earlier epoch mean is recorded in
     ``warnings`` (and logged): the run goes on, the selections choose among the evaluated epochs, but the
-    last-epoch generator is likely the diverged one.
+    last-epoch generator is likely the diverged one. With ``stop_factor``, a rise above ``stop_factor`` × the
+    lowest earlier mean is treated as a divergence instead (``TrainingDiverged``, so ``on_divergence``
+    decides): for explosions that stay finite but never recover.
 
     Args:
         split: the protocol split trained (for messages); ckpt_dir: where this split's checkpoints go.
-        explode_factor: rise over the lowest epoch mean that counts as an explosion.
+        explode_factor: rise over the lowest epoch mean that counts as an explosion (warned).
+        stop_factor: rise that counts as a divergence (config ``stop_on_explosion``); ``None``: never.
     """
 
-    def __init__(self, split: str, ckpt_dir: Path, explode_factor: float = 100.0):
+    def __init__(self, split: str, ckpt_dir: Path, explode_factor: float = 100.0, stop_factor: float | None = None):
         self.split, self.ckpt_dir, self.explode_factor = split, Path(ckpt_dir), explode_factor
+        self.stop_factor = stop_factor
         self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, train/* means), in order
         self.warnings: list[str] = []
         self._warned: set[str] = set()
@@ -111,15 +115,32 @@ class DivergenceGuard(pl.Callback):
         if bad_params:
             raise TrainingDiverged(f"parameters {', '.join(bad_params[:4])}{' …' if len(bad_params) > 4 else ''} "
                                    "are not finite")
-        self._warn_on_explosion(epoch, means)
+        rises = self._rises(means)
+        if self.stop_factor is not None:
+            over = [(key, value, low, low_epoch) for key, value, low, low_epoch in rises
+                    if value > self.stop_factor * low]
+            if over:
+                raise TrainingDiverged("; ".join(
+                    f"{key} rose to {value:.4g}, {value / low:.3g}× its lowest epoch mean ({low:.4g} at epoch "
+                    f"{low_epoch}), above stop_on_explosion={self.stop_factor:g}" for key, value, low, low_epoch in over))
+        self._warn_on_explosion(epoch, rises)
 
-    def _warn_on_explosion(self, epoch: int, means: dict[str, float]) -> None:
+    def _rises(self, means: dict[str, float]) -> list[tuple[str, float, float, int]]:
+        """``(key, value, lowest earlier mean, its epoch)`` of each non-negative ``train/*`` mean with a
+        positive lowest earlier mean (signed losses, such as a WGAN critic's, change scale legitimately)."""
+        rises = []
         for key, value in means.items():
             earlier = [(e, m[key]) for e, m in self.history[:-1] if key in m]
-            if key in self._warned or not earlier or value < 0 or any(v < 0 for _, v in earlier):
+            if not earlier or value < 0 or any(v < 0 for _, v in earlier):
                 continue
             low_epoch, low = min(earlier, key=lambda ev: ev[1])
-            if low > 0 and value > self.explode_factor * low:
+            if low > 0:
+                rises.append((key, value, low, low_epoch))
+        return rises
+
+    def _warn_on_explosion(self, epoch: int, rises: list[tuple[str, float, float, int]]) -> None:
+        for key, value, low, low_epoch in rises:
+            if key not in self._warned and value > self.explode_factor * low:
                 self._warned.add(key)
                 message = (f"split={self.split}, epoch {epoch}: {key} rose to {value:.4g}, {value / low:.3g}× its "
                            f"lowest epoch mean ({low:.4g} at epoch {low_epoch}): training is diverging. The "

@@ -45,6 +45,11 @@ def validate_train_config(cfg: DictConfig) -> None:
                           f"{cfg.keep_freed_memory!r}")
     if cfg.get("on_divergence", "stop") not in ("stop", "error"):
         raise ConfigError(f"config field `on_divergence` must be 'stop' or 'error', got {cfg.on_divergence!r}")
+    factor = cfg.get("stop_on_explosion")
+    if factor is not None and not (isinstance(factor, (int, float)) and not isinstance(factor, bool)
+                                   and 1 < factor < math.inf):
+        raise ConfigError(f"config field `stop_on_explosion` must be a factor > 1 (e.g. stop_on_explosion=1000) "
+                          f"or null, got {factor!r}")
     check_bf16_hardware(cfg)
     selections = list(cfg.selections)
     if not selections or any(s not in SELECTIONS for s in selections):

@@ -127,7 +127,7 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
                    ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                    every_n_epochs=int(cfg.eval_every), enable_version_counter=False)]
     # first among the epoch-end callbacks: a diverged epoch is neither evaluated nor checkpointed
-    guard = DivergenceGuard(data.split, ckpt_dir)
+    guard = DivergenceGuard(data.split, ckpt_dir, stop_factor=cfg.get("stop_on_explosion"))
     loggers = build_loggers(cfg, data.split, run_name=f"{cfg.generator.name}-{data.name}-seed{cfg.seed}")
     try:
         for logger in loggers:
