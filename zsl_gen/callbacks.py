@@ -96,7 +96,8 @@ class DivergenceGuard(pl.Callback):
         stop_factor: rise that counts as a divergence (config ``stop_on_explosion``); ``None``: never.
     """
 
-    def __init__(self, split: str, ckpt_dir: Path, explode_factor: float = 100.0, stop_factor: float | None = None):
+    def __init__(self, split: str, ckpt_dir: Path, explode_factor: float = 100.0,
+                 stop_factor: float | None = None):
         self.split, self.ckpt_dir, self.explode_factor = split, Path(ckpt_dir), explode_factor
         self.stop_factor = stop_factor
         self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, train/* means), in order
@@ -122,7 +123,8 @@ class DivergenceGuard(pl.Callback):
             if over:
                 raise TrainingDiverged("; ".join(
                     f"{key} rose to {value:.4g}, {value / low:.3g}× its lowest epoch mean ({low:.4g} at epoch "
-                    f"{low_epoch}), above stop_on_explosion={self.stop_factor:g}" for key, value, low, low_epoch in over))
+                    f"{low_epoch}), above stop_on_explosion={self.stop_factor:g}"
+                    for key, value, low, low_epoch in over))
         self._warn_on_explosion(epoch, rises)
 
     def _rises(self, means: dict[str, float]) -> list[tuple[str, float, float, int]]:

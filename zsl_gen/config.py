@@ -48,8 +48,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     factor = cfg.get("stop_on_explosion")
     if factor is not None and not (isinstance(factor, (int, float)) and not isinstance(factor, bool)
                                    and 1 < factor < math.inf):
-        raise ConfigError(f"config field `stop_on_explosion` must be a factor > 1 (e.g. stop_on_explosion=1000) "
-                          f"or null, got {factor!r}")
+        raise ConfigError("config field `stop_on_explosion` must be a factor > 1 (e.g. "
+                          f"stop_on_explosion=1000) or null, got {factor!r}")
     check_bf16_hardware(cfg)
     selections = list(cfg.selections)
     if not selections or any(s not in SELECTIONS for s in selections):
