@@ -91,6 +91,36 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path):
     assert res_meta["weights_sha256"] == ref_meta["weights_sha256"]
 
 
+def test_a_finished_run_extends_to_a_longer_schedule_with_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    # generator.epochs raised + ckpt_path= the finished split's last.ckpt: training continues from its end
+    # (e.g. a truncated CPU run later taken to the published schedule) instead of reading the split back
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = (*ARGS[:2], "selections=[paper]", *ARGS[3:], "logger=none")
+    short = zsl_train(tmp_path / "short", *args, "generator.epochs=2")
+    assert short.returncode == 0, short.stderr[-2000:]
+    last = tmp_path / "short" / "run" / "checkpoints" / "test" / "last.ckpt"
+    extended = zsl_train(tmp_path / "extended", *args, "generator.epochs=4", f"ckpt_path={last}")
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    log = (tmp_path / "extended" / "run" / "train.log").read_text()
+    assert f"split=test of {tmp_path / 'short' / 'run'} finished 2 epochs: extending it to 4" in log
+    straight = zsl_train(tmp_path / "straight", *args, "generator.epochs=4")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    ext, ref = tmp_path / "extended" / "run", tmp_path / "straight" / "run"
+    assert read(ext / "curves.json")["test"]["epochs"] == [1, 2, 3, 4]
+    assert read(ext / "curves.json") == read(ref / "curves.json")
+    assert read(ext / "results.json")["results"] == read(ref / "results.json")["results"]
+    import yaml
+
+    ext_meta = yaml.safe_load((ext / "generator" / "generator.yaml").read_text())
+    ref_meta = yaml.safe_load((ref / "generator" / "generator.yaml").read_text())
+    assert ext_meta["epochs"] == 4 and ext_meta["weights_sha256"] == ref_meta["weights_sha256"]
+    # the same schedule again reads the finished split back (nothing retrained)
+    again = zsl_train(tmp_path / "again", *args, "generator.epochs=2", f"ckpt_path={last}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "split=test: finished in" in (tmp_path / "again" / "run" / "train.log").read_text()
+    assert not (tmp_path / "again" / "run" / "checkpoints").exists()
+
+
 # ---- bad ckpt_path values ---------------------------------------------------------------------------------------
 
 

@@ -210,9 +210,15 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
     for earlier in splits[:splits.index(split) + 1]:
         record = run_dir / "splits" / f"{earlier}.json"
         completed = json.loads(record.read_text()) if record.is_file() else None
+        trained_to = int(completed["epochs"][-1]) if completed and completed.get("epochs") else None
         if completed is not None and earlier == split and completed.get("stopped"):
             # a split that stopped at its divergence continues from its checkpoint (with, say, a lower lr)
             log.info("split=%s of %s stopped at its divergence: continuing it from %s", split, run_dir, ckpt)
+        elif completed is not None and earlier == split and trained_to is not None \
+                and trained_to < generator_epochs(cfg):
+            # a finished split extended to a longer schedule (generator.epochs raised) continues from its end
+            log.info("split=%s of %s finished %d epochs: extending it to %d from %s", split, run_dir, trained_to,
+                     generator_epochs(cfg), ckpt)
         elif completed is not None:
             plan.finished[earlier] = CurveStack.from_dict(completed)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
