@@ -121,6 +121,20 @@ def test_a_finished_run_extends_to_a_longer_schedule_with_the_uninterrupted_numb
     assert not (tmp_path / "again" / "run" / "checkpoints").exists()
 
 
+def test_extending_the_test_split_past_a_shorter_finished_val_split_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = (*ARGS, "logger=none")
+    first = zsl_train(tmp_path / "first", *args, "generator.epochs=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "first" / "run"
+    proc = zsl_train(tmp_path / "ext", *args, "generator.epochs=4",
+                     f"ckpt_path={run / 'checkpoints' / 'test' / 'last.ckpt'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (f"cannot resume split=test to generator.epochs=4: split=val of {run} finished 2 epochs; extend it "
+            f"first, from {run / 'checkpoints' / 'val' / 'last.ckpt'}") in proc.stderr
+    assert not (tmp_path / "ext" / "run" / "checkpoints").exists()
+
+
 # ---- bad ckpt_path values ---------------------------------------------------------------------------------------
 
 

@@ -219,6 +219,12 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
             # a finished split extended to a longer schedule (generator.epochs raised) continues from its end
             log.info("split=%s of %s finished %d epochs: extending it to %d from %s", split, run_dir, trained_to,
                      generator_epochs(cfg), ckpt)
+        elif completed is not None and trained_to is not None and trained_to < generator_epochs(cfg) \
+                and not completed.get("stopped"):
+            # the val selection reads both splits at the same epochs: extend the earlier split first
+            raise ConfigError(f"cannot resume split={split} to generator.epochs={generator_epochs(cfg)}: "
+                              f"split={earlier} of {run_dir} finished {trained_to} epochs; extend it first, from "
+                              f"{run_dir / 'checkpoints' / earlier / 'last.ckpt'}")
         elif completed is not None:
             plan.finished[earlier] = CurveStack.from_dict(completed)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
