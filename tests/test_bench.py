@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from zsl_gen.bench import PEAK_SPREAD_LIMIT, combined_peak, main, markdown_table, step_flops
 
 FIELDS = ("method", "dataset", "precision", "device", "samples_per_s", "s_per_epoch", "classifier_s",
@@ -75,3 +78,24 @@ def test_a_case_whose_machine_speed_moved_is_flagged():
     assert "†" not in markdown_table([{**case, **steady}])
     table = markdown_table([{**case, **moved}])
     assert "| 7%† |" in table and "speed moved during the case" in table
+
+
+@pytest.mark.parametrize("method", ["cvae", "fvaegan", "tfvaegan"])
+def test_official_style_vae_gan_loops_train_copies_and_leave_the_system_alone(method):
+    from zsl_gen.bench import compose_config, official_style_step_s
+    from zsl_gen.config import instantiate
+    from zsl_gen.data import make_synthetic
+    from zsl_gen.pipeline import protocol_data
+
+    cfg = compose_config(method, "CUB", "fp32")
+    raw = make_synthetic(n_classes=12, n_unseen=3, n_val_classes=2, semantic_dim=16, feature_dim=64,
+                         samples_per_class=20, seed=0, name="CUB")
+    data = protocol_data(cfg, raw, "test")
+    torch.manual_seed(0)
+    system = instantiate(cfg.generator.system, feature_dim=data.feature_dim, semantic_dim=data.semantic_dim,
+                         hidden_dim=32)
+    before = {k: v.clone() for k, v in system.state_dict().items()}
+    seconds = official_style_step_s(method, system, data, steps=2, warmup=1)
+    assert seconds is not None and seconds > 0
+    for key, value in system.state_dict().items():  # the loop trains deep copies
+        assert torch.equal(value, before[key]), key

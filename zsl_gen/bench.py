@@ -351,7 +351,7 @@ def official_style_classifier(inputs, cfg, seed: int = 0) -> float:
 
 
 # ---- the official-style generator loops (reference for the per-epoch speed-up) ------------------------
-OFFICIAL_STYLE_METHODS = ("fclswgan", "cadavae")
+OFFICIAL_STYLE_METHODS = ("fclswgan", "cvae", "fvaegan", "tfvaegan", "cadavae")
 
 
 def official_style_step_s(method: str, system, data, steps: int, warmup: int) -> float | None:
@@ -367,6 +367,16 @@ def official_style_step_s(method: str, system, data, steps: int, warmup: int) ->
       default implementation.
     - CADA-VAE (``model.py``): one batch, both encoders, four separate decoder calls (reconstructions and
       cross-reconstructions), the summed losses with every term on, one AMSGrad ``torch.optim.Adam``.
+    - tf-VAEGAN (``train_images.py`` of the official tf-VAEGAN code): per generator step, ``critic_steps``
+      critic updates, each on its own copied batch: the semantic decoder's update on the real batch, then
+      ``D(real)`` backward, the encoder (with autograd recording, as there) and generator for the fake, with
+      the feedback module's second generator pass on feedback steps, ``D(fake.detach())`` backward and the
+      double-backward gradient penalty; then one generator update (VAE loss, critic loss, the decoder's loss
+      on the fake) through one backward and separate ``torch.optim.Adam`` steps per network (encoder,
+      generator, feedback on feedback steps, decoder). The step time is the mean of a plain and a feedback
+      step, as an epoch of ``feedback_loop=2`` has one pass of each. f-VAEGAN runs the same loop without
+      decoder and feedback (no official f-VAEGAN code exists; tf-VAEGAN's is built on it), and f-VAE without
+      the critic too (tf-VAEGAN's code with its GAN terms off): encoder + generator, one backward.
 
     Returns ``None`` for methods without an official-style loop here.
     """
@@ -382,7 +392,8 @@ def official_style_step_s(method: str, system, data, steps: int, warmup: int) ->
     torch.manual_seed(0)
     hp = system.hparams
     x_all, y_all, sem = data.train_x, data.train_y, data.semantics
-    n, b = x_all.shape[0], int(hp.batch_size)
+    n = x_all.shape[0]
+    b = min(int(hp.batch_size), n)  # the official next_batch on a training set smaller than a batch
     input_x = torch.empty(b, x_all.shape[1])
     input_a = torch.empty(b, sem.shape[1])
     input_y = torch.empty(b, dtype=torch.long)
@@ -426,6 +437,8 @@ def official_style_step_s(method: str, system, data, steps: int, warmup: int) ->
                 clf(fake), seen_index[input_y])
             loss_g.backward()
             opt_g.step()
+    elif method in ("cvae", "fvaegan", "tfvaegan"):
+        return _official_style_vaegan_step_s(method, system, sample, input_x, input_a, steps, warmup)
     else:
         fx, sx = copy.deepcopy(system.feature_vae), copy.deepcopy(system.semantic_vae)
         params = list(fx.parameters()) + list(sx.parameters())
@@ -453,6 +466,106 @@ def official_style_step_s(method: str, system, data, steps: int, warmup: int) ->
         for _ in range(steps):
             step()
         return (time.perf_counter() - start) / steps
+
+
+def _official_style_vaegan_step_s(method: str, system, sample, input_x: torch.Tensor, input_a: torch.Tensor,
+                                  steps: int, warmup: int) -> float:
+    """``official_style_step_s`` of f-VAE, f-VAEGAN and tf-VAEGAN (see there)."""
+    import copy
+
+    from zsl_gen.losses.vae import semantic_reconstruction, vae_loss
+    from zsl_gen.losses.wgan import gradient_penalty
+    from zsl_gen.models.networks import reparameterize
+
+    hp = system.hparams
+    betas = (float(hp.get("beta1", 0.5)), 0.999)
+    enc, gen = copy.deepcopy(system.encoder), copy.deepcopy(system.generator)
+    # the official encoder optimiser keeps Adam's default betas (the quirk ``encoder_default_betas``)
+    opt_e = torch.optim.Adam(enc.parameters(), lr=hp.lr)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=hp.lr, betas=betas)
+    tf = method == "tfvaegan"
+    encoded_noise = bool(hp.get("encoded_noise", True))
+    if method != "cvae":
+        critic = copy.deepcopy(system.critic)
+        opt_d = torch.optim.Adam(critic.parameters(), lr=hp.lr, betas=betas)
+    if tf:
+        dec, fb = copy.deepcopy(system.decoder), copy.deepcopy(system.feedback)
+        opt_dec = torch.optim.Adam(dec.parameters(), lr=hp.decoder_lr, betas=betas)
+        opt_f = torch.optim.Adam(fb.parameters(), lr=hp.feedback_lr, betas=betas)
+
+    def generate(z: torch.Tensor, feedback: bool) -> torch.Tensor:
+        if not feedback:
+            return gen(z, input_a)
+        _, hidden = dec(gen(z, input_a))
+        return gen(z, input_a, fb(hidden.detach()), float(hp.a1))
+
+    def vae_step() -> None:
+        sample()
+        mu, logvar = enc(input_x, input_a)
+        loss = vae_loss(gen(reparameterize(mu, logvar), input_a), input_x, mu, logvar)
+        enc.zero_grad()
+        gen.zero_grad()
+        loss.backward()
+        opt_e.step()
+        opt_g.step()
+
+    def gan_step(feedback: bool) -> None:
+        for p in critic.parameters():
+            p.requires_grad = True
+        for _ in range(int(hp.critic_steps)):
+            sample()
+            critic.zero_grad()
+            if tf:
+                dec.zero_grad()
+                a_hat, _ = dec(input_x)
+                (float(hp.recons_weight) * semantic_reconstruction(a_hat, input_a, hp.decoder_loss)).backward()
+                opt_dec.step()
+            (-critic(input_x, input_a).mean()).backward()
+            if encoded_noise:
+                mu, logvar = enc(input_x, input_a)
+                z = reparameterize(mu, logvar)
+            else:
+                z = torch.randn(input_x.shape[0], system.noise_dim)
+            fake = generate(z, feedback)
+            critic(fake.detach(), input_a).mean().backward()
+            penalty, _ = gradient_penalty(critic.forward, input_x, fake.detach(), input_a)
+            (float(hp.lambda_gp) * penalty).backward()
+            opt_d.step()
+        for p in critic.parameters():
+            p.requires_grad = False
+        enc.zero_grad()
+        gen.zero_grad()
+        mu, logvar = enc(input_x, input_a)
+        recon = generate(reparameterize(mu, logvar), feedback)
+        fake = recon if encoded_noise else generate(torch.randn(input_x.shape[0], system.noise_dim), feedback)
+        loss = vae_loss(recon, input_x, mu, logvar) - float(hp.gamma_g) * critic(fake, input_a).mean()
+        if tf:
+            fb.zero_grad()
+            dec.zero_grad()
+            a_hat, _ = dec(fake)
+            loss = loss + float(hp.recons_weight) * semantic_reconstruction(a_hat, input_a, hp.decoder_loss)
+        loss.backward()
+        opt_e.step()
+        opt_g.step()
+        if tf and feedback:
+            opt_f.step()
+        if tf and not hp.freeze_decoder:
+            opt_dec.step()
+
+    def timed(step) -> float:
+        with torch.enable_grad():
+            for _ in range(warmup):
+                step()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            return (time.perf_counter() - start) / steps
+
+    if method == "cvae":
+        return timed(vae_step)
+    if not tf:
+        return timed(lambda: gan_step(False))
+    return (timed(lambda: gan_step(False)) + timed(lambda: gan_step(True))) / 2
 
 
 # ---- one case (runs in its own process) -----------------------------------------------------------------
