@@ -885,8 +885,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--official-classifier", action="store_true",
                    help="also time the official-style (autograd, per-batch) classifier for the speed-up")
     p.add_argument("--official", action="store_true",
-                   help="also time the official-style generator loop (f-CLSWGAN, CADA-VAE; fp32, CPU) and "
-                        "the official-style classifier on this machine, for the speed-ups")
+                   help="also time each method's generator loop written as its official code writes it (fp32, "
+                        "CPU) and the official-style classifier on this machine, for the speed-ups")
     p.add_argument("--system-malloc", action="store_true",
                    help="the C library's malloc defaults instead of zsl-train's keep_freed_memory (before/after)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
