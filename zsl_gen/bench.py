@@ -459,6 +459,11 @@ def official_style_step_s(method: str, system, data, steps: int, warmup: int) ->
             loss.backward()
             opt.step()
 
+    return mean_step_s(step, steps, warmup)
+
+
+def mean_step_s(step, steps: int, warmup: int) -> float:
+    """Mean seconds of ``step()`` over ``steps`` calls after ``warmup`` discarded ones, with autograd on."""
     with torch.enable_grad():
         for _ in range(warmup):
             step()
@@ -552,20 +557,12 @@ def _official_style_vaegan_step_s(method: str, system, sample, input_x: torch.Te
         if tf and not hp.freeze_decoder:
             opt_dec.step()
 
-    def timed(step) -> float:
-        with torch.enable_grad():
-            for _ in range(warmup):
-                step()
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            return (time.perf_counter() - start) / steps
-
     if method == "cvae":
-        return timed(vae_step)
+        return mean_step_s(vae_step, steps, warmup)
     if not tf:
-        return timed(lambda: gan_step(False))
-    return (timed(lambda: gan_step(False)) + timed(lambda: gan_step(True))) / 2
+        return mean_step_s(lambda: gan_step(False), steps, warmup)
+    plain, with_feedback = (mean_step_s(lambda f=f: gan_step(f), steps, warmup) for f in (False, True))
+    return (plain + with_feedback) / 2
 
 
 # ---- one case (runs in its own process) -----------------------------------------------------------------

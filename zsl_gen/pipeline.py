@@ -207,32 +207,35 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
                               "truncated — resume from another checkpoint or start over") from None
     run_dir = ckpt.parents[2]
     plan = ResumePlan(run_dir=run_dir, split=split, ckpt_path=ckpt)
+    epochs = generator_epochs(cfg)
     for earlier in splits[:splits.index(split) + 1]:
         record = run_dir / "splits" / f"{earlier}.json"
         completed = json.loads(record.read_text()) if record.is_file() else None
-        trained_to = int(completed["epochs"][-1]) if completed and completed.get("epochs") else None
-        if completed is not None and earlier == split and completed.get("stopped"):
+        if completed is None:
+            if earlier != split:
+                raise ConfigError(f"cannot resume: split={earlier} of {run_dir} did not finish ({record} missing); "
+                                  f"resume from {run_dir / 'checkpoints' / earlier / 'last.ckpt'} instead")
+            continue
+        stopped = completed.get("stopped")
+        trained_to = int(completed["epochs"][-1]) if completed.get("epochs") else epochs
+        shorter = not stopped and trained_to < epochs  # finished, on a schedule shorter than the configured one
+        if earlier == split and stopped:
             # a split that stopped at its divergence continues from its checkpoint (with, say, a lower lr)
             log.info("split=%s of %s stopped at its divergence: continuing it from %s", split, run_dir, ckpt)
-        elif completed is not None and earlier == split and trained_to is not None \
-                and trained_to < generator_epochs(cfg):
+        elif earlier == split and shorter:
             # a finished split extended to a longer schedule (generator.epochs raised) continues from its end
             log.info("split=%s of %s finished %d epochs: extending it to %d from %s", split, run_dir, trained_to,
-                     generator_epochs(cfg), ckpt)
-        elif completed is not None and trained_to is not None and trained_to < generator_epochs(cfg) \
-                and not completed.get("stopped"):
+                     epochs, ckpt)
+        elif shorter:
             # the val selection reads both splits at the same epochs: extend the earlier split first
-            raise ConfigError(f"cannot resume split={split} to generator.epochs={generator_epochs(cfg)}: "
-                              f"split={earlier} of {run_dir} finished {trained_to} epochs; extend it first, from "
+            raise ConfigError(f"cannot resume split={split} to generator.epochs={epochs}: split={earlier} of "
+                              f"{run_dir} finished {trained_to} epochs; extend it first, from "
                               f"{run_dir / 'checkpoints' / earlier / 'last.ckpt'}")
-        elif completed is not None:
+        else:
             plan.finished[earlier] = CurveStack.from_dict(completed)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
-            if completed.get("stopped"):
-                plan.finished_stopped[earlier] = completed["stopped"]
-        elif earlier != split:
-            raise ConfigError(f"cannot resume: split={earlier} of {run_dir} did not finish ({record} missing); "
-                              f"resume from {run_dir / 'checkpoints' / earlier / 'last.ckpt'} instead")
+            if stopped:
+                plan.finished_stopped[earlier] = stopped
     return plan
 
 
