@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from zsl_gen.errors import ZSLGenError
 from zsl_gen.eval.selection import CurveStack, select
 
@@ -34,7 +36,6 @@ IGNORED = ("selections", "ckpt_path", "logger", "paths", "hydra")
 def config_differences(val_run: Path, test_run: Path) -> list[str]:
     """``key: a != b`` for every config value (dotted keys) both runs' ``.hydra/config.yaml`` have and that
     differs between them."""
-    from omegaconf import OmegaConf
 
     flat = []
     for run in (val_run, test_run):
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"{' …' if len(differ) > 6 else ''}")
         stopped = {split for split, record in records.items() if record.get("stopped")}
         stacks = {split: CurveStack.from_dict(record) for split, record in records.items()}
-        results = select(stacks, ["paper", "val"], stopped=stopped)
+        paper = OmegaConf.load(args.test_run / ".hydra" / "config.yaml").get("paper_selection", "best")
+        results = select(stacks, ["paper", "val"], stopped=stopped, paper=paper)
     except (ZSLGenError, OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

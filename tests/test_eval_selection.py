@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from zsl_gen.errors import ConfigError
 from zsl_gen.eval.types import EvalCurves
 from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.results import write_json_atomic
@@ -28,6 +29,31 @@ def test_paper_takes_best_on_test_and_val_reads_test_at_val_choice():
     assert out["val"]["gzsl"] == {"S": 40.0, "U": 20.0, "H": 30.0}  # test at (epoch 1, row 2)
     assert out["val"]["zsl"]["T1"] == 30.0  # test T1 at val's best T1 (epoch 1, row 3)
     assert out["val"]["val_scores"]["H"] == 80.0 and out["val"]["optimistic"] is False
+
+
+def test_paper_last_reads_the_last_classifier_epoch_of_the_last_generator_epoch():
+    # CADA-VAE's protocol: nothing chosen on test, even where an earlier epoch scored higher
+    test = CurveStack.from_records([(10, curves([0.1, 0.9, 0.2], [0.5, 0.95, 0.3])),
+                                    (20, curves([0.2, 0.7, 0.4], [0.2, 0.9, 0.6]))])
+    val = CurveStack.from_records([(10, curves([0.0, 0.8, 0.1], [0.1, 0.1, 0.7])),
+                                   (20, curves([0.1, 0.1, 0.1], [0.1, 0.1, 0.1]))])
+    out = select({"test": test, "val": val}, ["paper", "val"], paper="last")
+    paper = out["paper"]
+    assert paper["gzsl"] == {"S": 50.0, "U": 30.0, "H": 40.0} and paper["zsl"]["T1"] == 60.0
+    assert paper["gzsl_chosen"] == paper["zsl_chosen"] == {"epoch": 20, "classifier": "classifier epoch 3",
+                                                            "gamma": 0.0}
+    assert paper["chosen_on"] == "fixed" and paper["optimistic"] is False and paper["rule"] == "last"
+    assert out["val"]["gzsl"]["H"] == 90.0  # `val` is unchanged: chosen on split=val
+    assert select({"test": test}, ["paper"])["paper"]["gzsl"]["H"] == 90.0  # the default stays `best`
+    with pytest.raises(ConfigError, match="paper_selection"):
+        select({"test": test}, ["paper"], paper="final")
+
+
+def test_paper_last_reads_gamma_zero_among_calibration_values():
+    h = np.array([[0.1, 0.3], [0.2, 0.4]])  # 2 classifier epochs x gammas (0.5, 0.0)
+    stack = CurveStack.from_records([(5, EvalCurves(S=h, U=h, H=h, T1=h, gammas=(0.5, 0.0)))])
+    out = select({"test": stack}, ["paper"], paper="last")
+    assert out["paper"]["gzsl"]["H"] == 40.0 and out["paper"]["gzsl_chosen"]["gamma"] == 0.0
 
 
 def test_val_split_reports_the_val_run_alone_and_needs_no_test_run():

@@ -31,6 +31,18 @@ def test_mean_std_per_method_and_selection(tmp_path, capsys):
     assert (tmp_path / "r.md").read_text().startswith("| dataset |")
 
 
+def test_paper_of_a_last_epoch_method_is_not_labelled_optimistic(tmp_path, capsys):
+    write_result(tmp_path / "multi" / "0", seed=0, method="cadavae")
+    write_result(tmp_path / "multi" / "1", seed=0, method="fclswgan")
+    record = json.loads((tmp_path / "multi" / "0" / "results.json").read_text())
+    record["results"]["paper"].update(optimistic=False, rule="last", chosen_on="fixed")
+    (tmp_path / "multi" / "0" / "results.json").write_text(json.dumps(record))
+    main([str(tmp_path / "multi")])
+    out = capsys.readouterr().out
+    assert "| CUB | cadavae | att | paper | 1 |" in out  # CADA-VAE's last epoch: nothing chosen on test
+    assert "| CUB | fclswgan | att | paper (optimistic) | 1 |" in out
+
+
 def test_no_results_and_corrupt_results_are_clear_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exit_info:

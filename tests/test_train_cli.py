@@ -73,6 +73,7 @@ def test_same_seed_same_numbers_other_seed_other_split(tmp_path):
     ("classifier.lr=0", "lr"),
     ("dataset.feature_scaling=zscore", "feature_scaling"),
     ("keep_freed_memory=maybe", "config field `keep_freed_memory` must be true or false"),
+    ("paper_selection=final", "config field `paper_selection` must be one of ['best', 'last']"),
 ])
 def test_bad_config_values_are_one_clear_line(tmp_path, override, message):
     generator = "generator=eszsl" if "generator." not in override and "classifier" not in override else "generator=cvae"

@@ -55,6 +55,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not selections or any(s not in SELECTIONS for s in selections):
         raise ConfigError(f"config field `selections` must be a non-empty subset of {list(SELECTIONS)}, "
                           f"got {selections}")
+    from zsl_gen.eval.selection import PAPER_SELECTIONS
+
+    if cfg.get("paper_selection", "best") not in PAPER_SELECTIONS:
+        raise ConfigError(f"config field `paper_selection` must be one of {list(PAPER_SELECTIONS)} (best: the "
+                          f"best epoch on test; last: the last epoch, CADA-VAE's protocol), got "
+                          f"{cfg.paper_selection!r}")
     if cfg.dataset.kind not in ("synthetic", "files"):
         raise ConfigError(f"config field `dataset.kind` must be 'synthetic' or 'files', got {cfg.dataset.kind!r}")
     if cfg.generator.name != "eszsl":

@@ -352,15 +352,17 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     # what training ran on (Lightning's DDP launcher may have changed it since the run began)
     code_versions = {**code_versions, "torch_threads": torch.get_num_threads()}
     exported = cfg.generator.name != "eszsl" and "test" in splits
+    paper_rule = str(cfg.get("paper_selection", "best"))
     results = {
         "created": utc_now(),
         "method": cfg.generator.name,
         "seed": int(cfg.seed),
         "dataset": dataset_record(raw, cfg.dataset),
-        "protocol": {"selections": selections, "splits_run": splits, "eval_every": int(cfg.eval_every),
+        "protocol": {"selections": selections, "paper_selection": paper_rule, "splits_run": splits,
+                     "eval_every": int(cfg.eval_every),
                      "generator_epochs": generator_epochs(cfg) if cfg.generator.name != "eszsl" else None,
                      "val_seen_fraction": float(cfg.dataset.val_seen_fraction)},
-        "results": select(stacks, selections, stopped=set(stopped_early)),
+        "results": select(stacks, selections, stopped=set(stopped_early), paper=paper_rule),
         "timing": timing,
         "warnings": training_warnings,
         # splits whose training diverged and stopped before generator_epochs (on_divergence=stop): their

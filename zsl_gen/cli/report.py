@@ -55,6 +55,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             rows.append({"dataset": record["dataset"]["name"], "method": record["method"],
                          "semantics": record["dataset"]["semantic_space"], "selection": selection,
                          "seed": record["seed"], **res["gzsl"], "T1": res["zsl"]["T1"],
+                         "optimistic": bool(res.get("optimistic", selection == "paper")),
                          "stopped_early": bool(stopped & SPLITS_USED.get(selection, {"test"}))})
         return rows
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -84,6 +85,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["n"] = len(members)
         entry["seeds"] = sorted({m["seed"] for m in members})
         entry["stopped_early"] = sum(bool(m.get("stopped_early")) for m in members)
+        entry["optimistic"] = sum(bool(m.get("optimistic")) for m in members)  # chosen on test
         for metric in METRICS:
             entry[metric] = mean_std([float(m[metric]) for m in members])
         table.append(entry)
@@ -95,7 +97,10 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * 9]
     for e in table:
         cells = [f"{e[m][0]:.2f} ± {e[m][1]:.2f}" for m in METRICS]
-        label = e["selection"] + {"paper": " (optimistic)", "val_split": " (scores on split=val)"}.get(e["selection"], "")
+        optimistic = e.get("optimistic", 0)
+        label = e["selection"] + (" (optimistic)" if optimistic and optimistic == e["n"] else
+                                  f" (optimistic in {optimistic} of {e['n']})" if optimistic else
+                                  " (scores on split=val)" if e["selection"] == "val_split" else "")
         n = f"{e['n']}" + (f" ({e['stopped_early']} stopped early)" if e.get("stopped_early") else "")
         lines.append(f"| {e['dataset']} | {e['method']} | {e['semantics']} | {label} | {n} | "
                      + " | ".join(cells) + " |")
