@@ -133,10 +133,38 @@ def test_direct_fused_adam_is_bit_identical_to_torch_optim(weight_decay):
 @pytest.mark.parametrize("field,value", [
     ("epochs", 0), ("epochs", 2.5), ("lr", 0.0), ("lr", math.nan), ("batch_size", 0), ("beta1", 1.0),
     ("weight_decay", -1.0), ("calibration_gammas", ()), ("calibration_gammas", (0.0, math.inf)),
+    ("init", "kaiming"), ("drop_last", "yes"),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         dataclasses.replace(ClassifierConfig(), **{field: value}).validate()
+
+
+def test_xavier_init_is_cada_vaes_weights_init():
+    cfg = ClassifierConfig(init="xavier")
+    gen = torch.Generator().manual_seed(0)
+    clf = _SoftmaxRegression(64, 200, cfg, gen, torch.device("cpu"), torch.float32)
+    bound = 0.5 * math.sqrt(6.0 / (64 + 200))  # nn.init.xavier_uniform_(gain=0.5) of a Linear(64, 200)
+    assert float(clf.weight.abs().max()) <= bound and float(clf.weight.abs().max()) > 0.95 * bound
+    assert abs(float(clf.weight.std()) - bound / math.sqrt(3)) < 0.02 * bound and not clf.bias.any()
+    normal = _SoftmaxRegression(64, 200, ClassifierConfig(), torch.Generator().manual_seed(0),
+                                torch.device("cpu"), torch.float32)
+    assert abs(float(normal.weight.std()) - 0.02) < 0.001  # the default: N(0, 0.02)
+
+
+def test_drop_last_skips_the_partial_batch(monkeypatch):
+    sizes = []
+    real_step = _SoftmaxRegression.step
+    monkeypatch.setattr(_SoftmaxRegression, "step", lambda self, x, y: (sizes.append(x.shape[0]),
+                                                                          real_step(self, x, y)))
+    inputs = _inputs()  # 240 GZSL training rows, 80 ZSL rows
+    train_and_evaluate(inputs, dataclasses.replace(FAST, epochs=2, batch_size=50))
+    assert sorted(sizes) == sorted(([50] * 4 + [40] + [50, 30]) * 2)  # GZSL 4 full + 40, ZSL 50 + 30
+    sizes.clear()
+    train_and_evaluate(inputs, dataclasses.replace(FAST, epochs=2, batch_size=50, drop_last=True))
+    assert sizes == [50] * 10  # per epoch: GZSL 4 full batches, ZSL 1
+    with pytest.raises(ConfigError, match="drop_last"):  # no full batch at all: refused, not a silent no-op
+        train_and_evaluate(inputs, dataclasses.replace(FAST, batch_size=100, drop_last=True))
 
 
 def test_config_accepts_lists():

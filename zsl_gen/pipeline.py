@@ -76,7 +76,8 @@ def classifier_config(cfg: DictConfig) -> ClassifierConfig:
     c = cfg.classifier
     config = ClassifierConfig(epochs=c.epochs, lr=c.lr, beta1=c.beta1, batch_size=c.batch_size,
                               weight_decay=c.weight_decay, calibration_gammas=calibration_gammas(cfg),
-                              precision=str(c.get("precision", "fp32")))
+                              precision=str(c.get("precision", "fp32")), init=str(c.get("init", "normal")),
+                              drop_last=c.get("drop_last", False))
     config.validate()
     return config
 

@@ -35,6 +35,8 @@ _BETA2 = 0.999
 _EPS = 1e-8
 _INIT_STD = 0.02
 CLASSIFIER_PRECISIONS = ("fp32", "bf16")
+CLASSIFIER_INITS = ("normal", "xavier")
+_XAVIER_GAIN = 0.5
 
 
 @dataclass
@@ -51,6 +53,11 @@ class ClassifierConfig:
             before the GZSL argmax; ``(0.0,)`` = no calibration (parity with the published numbers).
         precision: ``"fp32"`` (default) or ``"bf16"``: features stored in bfloat16 (half the memory) and
             the matrix products in bfloat16 with float32 weights, softmax and Adam (mixed precision).
+        init: weight initialisation, bias 0 either way: ``"normal"`` N(0, 0.02) (f-CLSWGAN's
+            ``classifier2.py``, default) or ``"xavier"`` Xavier-uniform with gain 0.5 (CADA-VAE's
+            ``weights_init``).
+        drop_last: drop each epoch's last, smaller batch (CADA-VAE's ``DataLoader(drop_last=True)``);
+            default False: it is a step of its own, as in ``classifier2.py``.
     """
 
     epochs: int = 25
@@ -60,6 +67,8 @@ class ClassifierConfig:
     weight_decay: float = 0.0
     calibration_gammas: tuple[float, ...] = (0.0,)
     precision: str = "fp32"
+    init: str = "normal"
+    drop_last: bool = False
 
     def __post_init__(self) -> None:
         # Hydra hands sequences over as ListConfig/list; keep the dataclass hashable and printable
@@ -95,6 +104,10 @@ class ClassifierConfig:
             _check_float("calibration_gammas", g)
         if self.precision not in CLASSIFIER_PRECISIONS:
             raise ConfigError(f"classifier.precision must be one of {CLASSIFIER_PRECISIONS}, got {self.precision!r}")
+        if self.init not in CLASSIFIER_INITS:
+            raise ConfigError(f"classifier.init must be one of {CLASSIFIER_INITS}, got {self.init!r}")
+        if not isinstance(self.drop_last, bool):
+            raise ConfigError(f"classifier.drop_last must be true or false, got {self.drop_last!r}")
         return self
 
 
@@ -181,8 +194,12 @@ class _SoftmaxRegression:
                  device: torch.device, dtype: torch.dtype, compute_dtype: torch.dtype | None = None) -> None:
         # weights, softmax and Adam in ``dtype``; the matrix products in ``compute_dtype`` (mixed precision)
         self.compute_dtype = compute_dtype if compute_dtype is not None else dtype
-        self.weight = torch.empty(in_dim, n_classes, device=device, dtype=dtype).normal_(
-            0.0, _INIT_STD, generator=gen)
+        self.weight = torch.empty(in_dim, n_classes, device=device, dtype=dtype)
+        if cfg.init == "xavier":
+            bound = _XAVIER_GAIN * math.sqrt(6.0 / (in_dim + n_classes))
+            self.weight.uniform_(-bound, bound, generator=gen)
+        else:
+            self.weight.normal_(0.0, _INIT_STD, generator=gen)
         self.bias = torch.zeros(n_classes, device=device, dtype=dtype)
         self._adam = _Adam([self.weight, self.bias], cfg)
         self._minus_one = torch.empty(0, 1, device=device, dtype=dtype)
@@ -365,7 +382,12 @@ def train_and_evaluate(
     gammas = torch.tensor(cfg.calibration_gammas, dtype=torch.float64, device=p.device)
 
     n_train, bs = p.train_x.shape[0], cfg.batch_size
-    n_steps_g, n_steps_z = math.ceil(n_train / bs), math.ceil(n_zsl / bs)
+    n_steps_g, n_steps_z = ((n_train // bs, n_zsl // bs) if cfg.drop_last else
+                            (math.ceil(n_train / bs), math.ceil(n_zsl / bs)))
+    if cfg.drop_last and (n_steps_g == 0 or (zsl is not None and n_steps_z == 0)):
+        raise ConfigError(f"classifier.drop_last=true with classifier.batch_size={bs} leaves no full batch of the "
+                          f"{min(n_train, n_zsl) if n_zsl else n_train} training samples: lower batch_size or set "
+                          "drop_last=false")
     results = []
     for _ in range(cfg.epochs):
         perm_g = torch.randperm(n_train, generator=gen, device=p.device)
