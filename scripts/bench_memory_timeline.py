@@ -5,7 +5,7 @@ end of each phase (protocol features, matmul peak, the fits, classifier inputs, 
 Prints one line per phase mark: the resident MB at the mark and the most seen until the next mark.
 
 Usage: python scripts/bench_memory_timeline.py --method tfvaegan --dataset AWA2 --precision bf16 \
-           [--override classifier.precision=bf16] [--system-malloc] [--steps 2 --warmup 1]
+           [--override classifier.precision=bf16] [--system-malloc] [--keep-optimizer-state] [--steps 2 --warmup 1]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=tuple(bench.PRECISIONS))
     p.add_argument("--override", action="append", default=[])
     p.add_argument("--system-malloc", action="store_true")
+    p.add_argument("--keep-optimizer-state", action="store_true")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--data-root", default=str(bench.default_data_root()))
@@ -87,7 +88,8 @@ def main() -> None:
     result = bench.run_case({
         "method": args.method, "dataset": args.dataset, "precision": args.precision, "device": "cpu",
         "data_root": args.data_root, "cache": args.cache, "warmup": args.warmup, "steps": args.steps,
-        "classifier_repeats": 1, "keep_freed_memory": not args.system_malloc, "overrides": args.override})
+        "classifier_repeats": 1, "keep_freed_memory": not args.system_malloc,
+        "offload_optimizer_state": not args.keep_optimizer_state, "overrides": args.override})
     timeline.mark("end")
     print(timeline.report())
     print(f"peak_rss_mb {result['peak_rss_mb']}  (classifier {result['classifier_precision']}, "

@@ -1,4 +1,5 @@
-"""``zsl_gen.runtime.keep_freed_memory``: glibc's malloc keeps large freed blocks for the next step."""
+"""``zsl_gen.runtime``: glibc's malloc keeps large freed blocks for the next step (``keep_freed_memory``);
+the optimisers' state waits in a file during an evaluation (``optimizer_state_offloaded``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+from zsl_gen.runtime import optimizer_state_offloaded
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -60,3 +64,55 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch):
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert runtime.keep_freed_memory() is False
     assert runtime.release_freed_memory() is False
+
+
+# ---- optimizer_state_offloaded: Adam's moments wait in a file during an evaluation ---------------------
+def _adam_with_state(seed: int = 0):
+    torch.manual_seed(seed)
+    weights = [torch.nn.Parameter(torch.randn(300, 400)), torch.nn.Parameter(torch.randn(10))]
+    optimizer = torch.optim.Adam(weights, lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        sum((w ** 2).sum() for w in weights).backward()
+        optimizer.step()
+    return weights, optimizer
+
+
+def test_offloaded_state_leaves_memory_and_comes_back_bit_for_bit(tmp_path):
+    weights, optimizer = _adam_with_state()
+    before = {k: v.clone() for k, v in optimizer.state[weights[0]].items()}
+    small = optimizer.state[weights[1]]["exp_avg"]
+    with optimizer_state_offloaded([optimizer], tmp_path) as offloaded:
+        assert offloaded
+        big = optimizer.state[weights[0]]
+        assert big["exp_avg"].numel() == big["exp_avg_sq"].numel() == 0  # out of memory while the block runs
+        assert optimizer.state[weights[1]]["exp_avg"] is small  # small tensors are not worth a file
+        assert list(tmp_path.iterdir()) == []  # the file is unlinked: nothing left behind, even on a crash
+    after = optimizer.state[weights[0]]
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    # and training goes on exactly as without the round trip
+    reference_weights, reference = _adam_with_state()
+    for opt, ws in ((optimizer, weights), (reference, reference_weights)):
+        opt.zero_grad()
+        sum((w ** 3).sum() for w in ws).backward()
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(weights, reference_weights))
+
+
+def test_offload_restores_the_state_when_the_block_raises(tmp_path):
+    weights, optimizer = _adam_with_state()
+    before = optimizer.state[weights[0]]["exp_avg_sq"].clone()
+    with pytest.raises(KeyError):
+        with optimizer_state_offloaded([optimizer], tmp_path):
+            raise KeyError("evaluation failed")
+    assert torch.equal(optimizer.state[weights[0]]["exp_avg_sq"], before)
+
+
+def test_unwritable_offload_directory_keeps_the_state_in_memory(tmp_path, caplog):
+    weights, optimizer = _adam_with_state()
+    moment = optimizer.state[weights[0]]["exp_avg"]
+    with optimizer_state_offloaded([optimizer], tmp_path / "missing") as offloaded:
+        assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment
+    assert "optimizer state kept in memory" in caplog.text
+    with optimizer_state_offloaded([optimizer], tmp_path, enabled=False) as offloaded:
+        assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment

@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, EvalCurves, train_and_evaluate
-from zsl_gen.runtime import release_freed_memory
+from zsl_gen.runtime import optimizer_state_offloaded, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,11 @@ class GZSLEvaluation(pl.Callback):
     """
 
     def __init__(self, data: ZSLData, classifier: ClassifierConfig, syn_num: int, every_n_epochs: int = 1,
-                 seed: int = 0):
+                 seed: int = 0, offload_dir: str | Path | None = None):
         self.data, self.classifier, self.syn_num = data, classifier, syn_num
         self.every_n_epochs, self.seed = every_n_epochs, seed
+        # where the optimisers' CPU state waits during each evaluation (None: it stays in memory)
+        self.offload_dir = offload_dir
         self.records: list[tuple[int, EvalCurves]] = []
 
     def _due(self, trainer: pl.Trainer, epoch: int) -> bool:
@@ -52,10 +54,13 @@ class GZSLEvaluation(pl.Callback):
         # gradient buffers are dead weight here: freeing them leaves room for the classifier's features
         # (tf-VAEGAN at AWA2: 69 M weights, 276 MB of gradients).
         pl_module.zero_grad(set_to_none=True)
-        release_freed_memory()  # and what keep_freed_memory holds for the next training step
-        inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
-        with torch.inference_mode(False), torch.enable_grad():
-            curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
+        with optimizer_state_offloaded(trainer.optimizers, self.offload_dir, enabled=self.offload_dir is not None):
+            release_freed_memory()  # and what keep_freed_memory holds for the next training step
+            inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
+            release_freed_memory()  # the synthesis's and mapping's activations, before the classifier's own
+            with torch.inference_mode(False), torch.enable_grad():
+                curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
+            del inputs  # before the optimiser state comes back
         self.records.append((epoch, curves))
         best = int(np.nanargmax(curves.H.max(axis=1)))
         split = self.data.split

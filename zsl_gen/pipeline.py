@@ -115,9 +115,10 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
         keep_freed_memory()
     system = instantiate(cfg.generator.system, feature_dim=data.feature_dim, semantic_dim=data.semantic_dim)
     system.set_data(data, seed=cfg.seed)
-    evaluation = GZSLEvaluation(data, classifier_config(cfg), syn_num=cfg.generator.syn_num,
-                                every_n_epochs=cfg.eval_every, seed=cfg.seed)
     ckpt_dir = output_dir / "checkpoints" / data.split
+    evaluation = GZSLEvaluation(data, classifier_config(cfg), syn_num=cfg.generator.syn_num,
+                                every_n_epochs=cfg.eval_every, seed=cfg.seed,
+                                offload_dir=output_dir if cfg.get("offload_optimizer_state", True) else None)
     # last.ckpt after every evaluated epoch (what `ckpt_path=` resumes from) and the best by the active
     # protocol's H (val H on the val run; on the test run that is the `paper` choice)
     # (a callback of its own for last.ckpt: Lightning >= 2.5 rewrites `save_last=True`'s last.ckpt only in

@@ -28,7 +28,7 @@ from zsl_gen.models.networks import Feedback, SemanticDecoder
 from zsl_gen.systems.base import adam
 from zsl_gen.systems.fvaegan import FVAEGAN
 
-_CHUNK = 4096
+_CHUNK = 1024  # rows mapped at a time (the decoder's 4096-d activations: ≈ 33 MB per 1024 rows)
 
 
 class TFVAEGAN(FVAEGAN):
