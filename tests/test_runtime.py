@@ -116,3 +116,8 @@ def test_unwritable_offload_directory_keeps_the_state_in_memory(tmp_path, caplog
     assert "optimizer state kept in memory" in caplog.text
     with optimizer_state_offloaded([optimizer], tmp_path, enabled=False) as offloaded:
         assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment
+    # 2 moments x 120 000 fp32 = 0.96 MB: below a 1 MB threshold it stays, at 0.9 MB it goes
+    with optimizer_state_offloaded([optimizer], tmp_path, min_bytes=2**20) as offloaded:
+        assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment
+    with optimizer_state_offloaded([optimizer], tmp_path, min_bytes=900_000) as offloaded:
+        assert offloaded and optimizer.state[weights[0]]["exp_avg"].numel() == 0

@@ -741,8 +741,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     noise = torch.Generator(device=system.device).manual_seed(0)
     system.eval()
     system.zero_grad(set_to_none=True)  # as the evaluation callback does before each evaluation
-    offload = spec.get("offload_optimizer_state", True) and not official_only
-    with optimizer_state_offloaded(fitted[-1].optimizers, spec.get("cache"), enabled=offload) as offloaded:
+    # as zsl-train's evaluations do (offload_optimizer_state_mb); --keep-optimizer-state: never
+    threshold_mb = cfg.get("offload_optimizer_state_mb")
+    offload = spec.get("offload_optimizer_state", True) and threshold_mb is not None
+    with optimizer_state_offloaded(fitted[-1].optimizers, spec.get("cache"), enabled=offload,
+                                   min_bytes=int(float(threshold_mb or 0) * 2**20)) as offloaded:
         release_freed_memory()
         inputs = system.classifier_inputs(data.to(system.device), syn_num, noise, ccfg.feature_dtype)
         release_freed_memory()
@@ -903,7 +906,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="the C library's malloc defaults instead of zsl-train's keep_freed_memory (before/after)")
     p.add_argument("--keep-optimizer-state", action="store_true",
                    help="keep the optimisers' state in memory during the evaluation instead of zsl-train's "
-                        "offload_optimizer_state (before/after)")
+                        "offload_optimizer_state_mb (before/after)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--data-root", default=str(default_data_root()))
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "zsl-bench-cache"))

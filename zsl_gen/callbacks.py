@@ -31,11 +31,12 @@ class GZSLEvaluation(pl.Callback):
     """
 
     def __init__(self, data: ZSLData, classifier: ClassifierConfig, syn_num: int, every_n_epochs: int = 1,
-                 seed: int = 0, offload_dir: str | Path | None = None):
+                 seed: int = 0, offload_dir: str | Path | None = None, offload_min_bytes: int = 0):
         self.data, self.classifier, self.syn_num = data, classifier, syn_num
         self.every_n_epochs, self.seed = every_n_epochs, seed
-        # where the optimisers' CPU state waits during each evaluation (None: it stays in memory)
-        self.offload_dir = offload_dir
+        # where the optimisers' CPU state waits during each evaluation when it is at least offload_min_bytes
+        # (None: it stays in memory)
+        self.offload_dir, self.offload_min_bytes = offload_dir, offload_min_bytes
         self.records: list[tuple[int, EvalCurves]] = []
 
     def _due(self, trainer: pl.Trainer, epoch: int) -> bool:
@@ -54,7 +55,8 @@ class GZSLEvaluation(pl.Callback):
         # gradient buffers are dead weight here: freeing them leaves room for the classifier's features
         # (tf-VAEGAN at AWA2: 69 M weights, 276 MB of gradients).
         pl_module.zero_grad(set_to_none=True)
-        with optimizer_state_offloaded(trainer.optimizers, self.offload_dir, enabled=self.offload_dir is not None):
+        with optimizer_state_offloaded(trainer.optimizers, self.offload_dir, enabled=self.offload_dir is not None,
+                                       min_bytes=self.offload_min_bytes):
             release_freed_memory()  # and what keep_freed_memory holds for the next training step
             inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
             release_freed_memory()  # the synthesis's and mapping's activations, before the classifier's own

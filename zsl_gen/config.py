@@ -43,9 +43,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("keep_freed_memory", True), bool):
         raise ConfigError(f"config field `keep_freed_memory` must be true or false, got "
                           f"{cfg.keep_freed_memory!r}")
-    if not isinstance(cfg.get("offload_optimizer_state", True), bool):
-        raise ConfigError(f"config field `offload_optimizer_state` must be true or false, got "
-                          f"{cfg.offload_optimizer_state!r}")
+    if cfg.get("offload_optimizer_state_mb") is not None:
+        _number(cfg, "offload_optimizer_state_mb", minimum=0)
     if cfg.get("on_divergence", "stop") not in ("stop", "error"):
         raise ConfigError(f"config field `on_divergence` must be 'stop' or 'error', got {cfg.on_divergence!r}")
     factor = cfg.get("stop_on_explosion")

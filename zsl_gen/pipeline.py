@@ -31,6 +31,8 @@ from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.export import export_generator
 from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 from zsl_gen.runtime import keep_freed_memory
+
+OFFLOAD_OPTIMIZER_STATE_MB = 256  # conf/train.yaml's default
 from zsl_gen.tracking import build_loggers, finish_loggers, log_final_results
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,14 @@ def classifier_config(cfg: DictConfig) -> ClassifierConfig:
     return config
 
 
+def offload_settings(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """``GZSLEvaluation``'s offload arguments from ``offload_optimizer_state_mb`` (null: never)."""
+    threshold = cfg.get("offload_optimizer_state_mb", OFFLOAD_OPTIMIZER_STATE_MB)
+    if threshold is None:
+        return {"offload_dir": None}
+    return {"offload_dir": output_dir, "offload_min_bytes": int(float(threshold) * 2**20)}
+
+
 def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
     ds = cfg.dataset
     return build_protocol(raw, split, feature_scaling=ds.feature_scaling, l2_semantics=ds.l2_semantics,
@@ -118,7 +128,7 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
     ckpt_dir = output_dir / "checkpoints" / data.split
     evaluation = GZSLEvaluation(data, classifier_config(cfg), syn_num=cfg.generator.syn_num,
                                 every_n_epochs=cfg.eval_every, seed=cfg.seed,
-                                offload_dir=output_dir if cfg.get("offload_optimizer_state", True) else None)
+                                **offload_settings(cfg, output_dir))
     # last.ckpt after every evaluated epoch (what `ckpt_path=` resumes from) and the best by the active
     # protocol's H (val H on the val run; on the test run that is the `paper` choice)
     # (a callback of its own for last.ckpt: Lightning >= 2.5 rewrites `save_last=True`'s last.ckpt only in
