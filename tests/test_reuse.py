@@ -392,6 +392,23 @@ def test_eval_classifier_settings_can_be_overridden(trained, tmp_path, monkeypat
     assert len(json.loads((tmp_path / "eval" / "curves.json").read_text())["test"]["rows"]) == 3
 
 
+def test_eval_of_a_last_epoch_method_reports_its_paper_number_as_the_last_epoch(export_copy, tmp_path,
+                                                                                monkeypatch):
+    """An export records its method's paper protocol; a CADA-VAE export (`paper_selection: last`) makes
+    zsl-eval's `paper` the final classifier epoch, as CADA-VAE's code reports it, not the best on test."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    meta_path = export_copy / "generator.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    assert meta["paper_selection"] == "best"  # what the cvae run recorded
+    meta_path.write_text(yaml.safe_dump({**meta, "paper_selection": "last"}, sort_keys=False))
+    proc = zsl_eval(tmp_path, f"generator={export_copy}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    paper, last = results["results"]["paper"], results["results"]["last"]
+    assert paper["rule"] == "last" and not paper["optimistic"] and paper["gzsl"] == last["gzsl"]
+    assert results["protocol"]["paper_selection"] == "last"
+
+
 def test_eval_on_a_dataset_of_other_dims_is_a_clear_error(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     proc = zsl_eval(tmp_path, f"generator={trained['export']}", "dataset.synthetic.feature_dim=256")

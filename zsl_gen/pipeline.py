@@ -357,6 +357,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
         if cfg.generator.name != "eszsl" and split == "test" and is_rank_zero():
             export_generator(system, data, output_dir / "generator", extra={
                 "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
+                "paper_selection": str(cfg.get("paper_selection", "best")),
                 "epochs": stopped_early["test"]["last_evaluated_epoch"] if "test" in stopped_early
                 else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
