@@ -98,7 +98,7 @@ def optimizer_state_offloaded(optimizers: Iterable[torch.optim.Optimizer], direc
             handle = tempfile.TemporaryFile(prefix="zsl-gen-optimizer-state-", dir=directory)
             torch.save([state[key] for state, key in entries], handle)
             handle.flush()
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as RuntimeError
             log.warning("optimizer state kept in memory during the evaluation: cannot write it to %s (%s)",
                         directory or tempfile.gettempdir(), err)
             if handle is not None:
