@@ -580,7 +580,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
     from zsl_gen.config import instantiate
     from zsl_gen.eval import train_and_evaluate
-    from zsl_gen.pipeline import classifier_config, protocol_data, quiet_lightning
+    from zsl_gen.pipeline import classifier_config, offload_settings, protocol_data, quiet_lightning
 
     quiet_lightning()
     warnings.filterwarnings("ignore")
@@ -742,10 +742,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     system.eval()
     system.zero_grad(set_to_none=True)  # as the evaluation callback does before each evaluation
     # as zsl-train's evaluations do (offload_optimizer_state_mb); --keep-optimizer-state: never
-    threshold_mb = cfg.get("offload_optimizer_state_mb")
-    offload = spec.get("offload_optimizer_state", True) and threshold_mb is not None
-    with optimizer_state_offloaded(fitted[-1].optimizers, spec.get("cache"), enabled=offload,
-                                   min_bytes=int(float(threshold_mb or 0) * 2**20)) as offloaded:
+    offload = (offload_settings(cfg, spec.get("cache")) if spec.get("offload_optimizer_state", True)
+               else {"offload_dir": None})
+    with optimizer_state_offloaded(fitted[-1].optimizers, offload["offload_dir"],
+                                   enabled=offload["offload_dir"] is not None,
+                                   min_bytes=offload.get("offload_min_bytes", 0)) as offloaded:
         release_freed_memory()
         inputs = system.classifier_inputs(data.to(system.device), syn_num, noise, ccfg.feature_dtype)
         release_freed_memory()

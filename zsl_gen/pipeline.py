@@ -324,6 +324,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     timing: dict[str, float] = {}
     training_warnings: list[str] = []  # divergence the run survived (DivergenceGuard)
     stopped_early: dict[str, dict[str, Any]] = {}  # split -> where its diverged training stopped
+    paper_rule = str(cfg.get("paper_selection", "best"))  # how `paper` reads the test curves (select)
     data = None
     for split in splits:
         data = protocol_data(cfg, raw, split)
@@ -357,7 +358,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
         if cfg.generator.name != "eszsl" and split == "test" and is_rank_zero():
             export_generator(system, data, output_dir / "generator", extra={
                 "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
-                "paper_selection": str(cfg.get("paper_selection", "best")),
+                "paper_selection": paper_rule,
                 "epochs": stopped_early["test"]["last_evaluated_epoch"] if "test" in stopped_early
                 else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
@@ -365,7 +366,6 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     # what training ran on (Lightning's DDP launcher may have changed it since the run began)
     code_versions = {**code_versions, "torch_threads": torch.get_num_threads()}
     exported = cfg.generator.name != "eszsl" and "test" in splits
-    paper_rule = str(cfg.get("paper_selection", "best"))
     results = {
         "created": utc_now(),
         "method": cfg.generator.name,

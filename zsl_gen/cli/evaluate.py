@@ -68,7 +68,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
     with torch.enable_grad():
         curves = train_and_evaluate(inputs, ccfg, seed=int(cfg.seed))
     stack = CurveStack.from_records([(int(meta.get("epochs", 0)), curves)])
-    best, last = stack.best("H"), (0, curves.S.shape[0] - 1, 0)
+    best, last = stack.best("H"), stack.last()
     t1_best = stack.best("T1")
     results = {
         "created": utc_now(), "method": meta.get("method", meta["_target_"]), "seed": int(cfg.seed),
