@@ -66,6 +66,53 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch):
     assert runtime.release_freed_memory() is False
 
 
+_CHILD_RETURNED = """
+import ctypes, json, torch
+from zsl_gen.runtime import freed_memory_returned, keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+
+def mmapped_and_kept():
+    base = libc.mallinfo2().hblkhd
+    x = torch.ones(10_000_000)  # 40 MB
+    alive = libc.mallinfo2().hblkhd - base
+    del x
+    return alive, libc.mallinfo2().fordblks
+
+applied = keep_freed_memory()
+with freed_memory_returned():
+    inside = mmapped_and_kept()
+after = mmapped_and_kept()
+print(json.dumps({"applied": applied, "inside": inside, "after": after}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="keep_freed_memory tunes glibc's malloc; this platform has another libc")
+def test_freed_memory_returned_gives_blocks_back_within_and_keeps_them_after():
+    out = subprocess.run([sys.executable, "-c", _CHILD_RETURNED], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["applied"]
+    (inside_mmapped, inside_kept), (after_mmapped, after_kept) = result["inside"], result["after"]
+    assert inside_mmapped >= 40_000_000 and inside_kept < 40_000_000  # glibc's defaults: mmap'd, given back
+    assert after_mmapped < 1_000_000 and after_kept >= 40_000_000  # keep_freed_memory's thresholds again
+
+
+def test_freed_memory_returned_is_a_no_op_without_keep_freed_memory(monkeypatch):
+    from zsl_gen import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "_kept_threshold", None)
+    monkeypatch.setattr(runtime, "_set_thresholds", lambda libc, threshold: calls.append(threshold))
+    with runtime.freed_memory_returned():
+        pass
+    assert calls == []  # never applied: glibc's own (adaptive) defaults stay untouched
+
+
 # ---- optimizer_state_offloaded: Adam's moments wait in a file during an evaluation ---------------------
 def _adam_with_state(seed: int = 0):
     torch.manual_seed(seed)
@@ -121,3 +168,64 @@ def test_unwritable_offload_directory_keeps_the_state_in_memory(tmp_path, caplog
         assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment
     with optimizer_state_offloaded([optimizer], tmp_path, min_bytes=900_000) as offloaded:
         assert offloaded and optimizer.state[weights[0]]["exp_avg"].numel() == 0
+
+
+# ---- StreamingCheckpointIO: checkpoints written without an in-memory copy -------------------------------
+# resident memory sampled every millisecond (the kernel's high-water mark is updated lazily)
+_CHILD_SAVE = """
+import json, sys, threading, time, torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from zsl_gen.callbacks import StreamingCheckpointIO
+
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+state = {"weights": torch.ones(50_000_000)}  # 200 MB
+writer = StreamingCheckpointIO() if sys.argv[1] == "streaming" else TorchCheckpointIO()
+samples, done = [], threading.Event()
+
+def sample():
+    while not done.is_set():
+        samples.append(resident_mb())
+        time.sleep(0.001)
+
+before = resident_mb()
+thread = threading.Thread(target=sample)
+thread.start()
+writer.save_checkpoint(state, sys.argv[2])
+done.set()
+thread.join()
+print(json.dumps({"extra_mb": max(samples) - before}))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/statm")
+def test_streaming_checkpoints_need_no_second_copy_of_the_state(tmp_path):
+    extra = {}
+    for writer in ("streaming", "lightning"):
+        out = subprocess.run([sys.executable, "-c", _CHILD_SAVE, writer, str(tmp_path / f"{writer}.ckpt")],
+                             capture_output=True, text=True, check=True)
+        extra[writer] = json.loads(out.stdout)["extra_mb"]
+    assert extra["lightning"] > 150  # Lightning's own writer buffers the whole 200 MB checkpoint
+    assert extra["streaming"] < 30
+    for writer in extra:
+        assert torch.equal(torch.load(tmp_path / f"{writer}.ckpt")["weights"], torch.ones(50_000_000))
+
+
+def test_a_failed_checkpoint_save_keeps_the_previous_file_and_leaves_nothing_else(tmp_path, monkeypatch):
+    from zsl_gen.callbacks import StreamingCheckpointIO
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    StreamingCheckpointIO().save_checkpoint({"epoch": 1}, target)
+
+    def interrupted(obj, f):
+        open(f, "wb").write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(OSError, match="No space left"):
+        StreamingCheckpointIO().save_checkpoint({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target) == {"epoch": 1}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]

@@ -231,12 +231,12 @@ def test_fclswgan_pretrains_its_classifier_once(tiny_data, tmp_path, monkeypatch
 
 # ---- (4): optimisation schedules ------------------------------------------------------------------------
 class StepCounter(pl.Callback):
-    """Counts ``step()`` calls per optimizer (in ``configure_optimizers`` order)."""
+    """Counts the updates each optimiser applied (in ``configure_optimizers`` order): Adam's step count of
+    its first parameter, which every one of its updates trains (``step()`` calls would also count the
+    per-weight updates inside a backward, ``GeneratorSystem.updates_in_backward``)."""
 
-    def on_train_start(self, trainer, pl_module):
-        self.counts = [0] * len(trainer.optimizers)
-        for i, opt in enumerate(trainer.optimizers):
-            opt.register_step_post_hook(lambda *_, i=i: self.counts.__setitem__(i, self.counts[i] + 1))
+    def on_train_end(self, trainer, pl_module):
+        self.counts = [int(opt.state[opt.param_groups[0]["params"][0]]["step"]) for opt in trainer.optimizers]
 
 
 def test_fclswgan_takes_five_critic_steps_per_generator_step(tiny_data):
@@ -550,14 +550,25 @@ def test_generator_group_shape_and_cub_defaults(name):
 
 
 def test_evaluation_frees_gradients_and_kept_memory_before_building_classifier_inputs(tiny_data, monkeypatch):
-    """Before each evaluation the callback drops the gradient buffers and hands the blocks
-    ``keep_freed_memory`` holds for the next training step back to the kernel, so neither sits under the
-    evaluation's own peak (synthetic features, classifier inputs); once the inputs are built, it trims the
-    synthesis's and mapping's freed activations too, before the final classifier."""
+    """Before each evaluation the callback drops the gradient buffers, and it builds the classifier inputs
+    with glibc's default thresholds (``freed_memory_returned``: the blocks ``keep_freed_memory`` holds for
+    the next training step go back to the kernel first, and the one-off synthesis and mapping keep none),
+    so neither sits under the evaluation's own peak; once the inputs are built, it trims the heap again,
+    before the final classifier."""
+    import contextlib
+
     from zsl_gen import callbacks
 
     events = []
+
+    @contextlib.contextmanager
+    def returned():
+        events.append("returned >")
+        yield
+        events.append("returned <")
+
     monkeypatch.setattr(callbacks, "release_freed_memory", lambda: events.append("release"))
+    monkeypatch.setattr(callbacks, "freed_memory_returned", returned)
     system = tiny_system("fclswgan", tiny_data)
     build = system.classifier_inputs
 
@@ -568,7 +579,56 @@ def test_evaluation_frees_gradients_and_kept_memory_before_building_classifier_i
     system.classifier_inputs = classifier_inputs
     evaluation = callbacks.GZSLEvaluation(tiny_data, ClassifierConfig(epochs=2, batch_size=16), syn_num=5)
     trainer(2, callbacks=[evaluation], limit_train_batches=2).fit(system)
-    assert events == ["release", ("inputs", True), "release"] * 2
+    assert events == ["returned >", ("inputs", True), "returned <", "release"] * 2
+
+
+@pytest.mark.parametrize("name, precision", [("fclswgan", "32-true"), ("fvaegan", "32-true"),
+                                             ("tfvaegan", "32-true"), ("tfvaegan", "bf16-mixed")])
+def test_gradients_are_freed_right_after_each_update_and_change_no_weight(name, precision, tiny_data,
+                                                                          monkeypatch):
+    """The manual-optimisation systems free each optimiser's gradients right after its update
+    (``step_and_release``) instead of at the next ``zero_grad``, and f-VAEGAN's and tf-VAEGAN's generator
+    step updates each weight during the backward (``updates_in_backward``): between steps no generator-side
+    gradient exists (only the critic's closed-form buffers, reused by design), and the trained weights equal
+    those of a run that steps once after the backward and keeps the gradients, bit for bit."""
+    import contextlib
+
+    from zsl_gen.systems.base import GeneratorSystem
+
+    adam_steps = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (adam_steps.append(1),
+                                                                          adam_step(self, *a, **k))[1])
+
+    def fit():
+        pl.seed_everything(0, verbose=False)
+        adam_steps.clear()
+        system = tiny_system(name, tiny_data)
+        between_steps = []
+        step = system.training_step
+
+        def spy(idx, batch_idx):
+            out = step(idx, batch_idx)
+            between_steps.append(sorted(n for n, p in system.named_parameters()
+                                        if p.grad is not None and not n.startswith("critic.")))
+            return out
+
+        system.training_step = spy
+        trainer(1, precision=precision).fit(system)
+        return system.state_dict(), between_steps
+
+    released, between = fit()
+    updates_released = len(adam_steps)
+    assert between and all(names == [] for names in between)
+    monkeypatch.setattr(GeneratorSystem, "step_and_release", staticmethod(lambda optimizer: optimizer.step()))
+    monkeypatch.setattr(GeneratorSystem, "updates_in_backward",
+                        staticmethod(lambda *optimizers: contextlib.nullcontext()))
+    kept, between_kept = fit()
+    assert any(names for names in between_kept)  # the reference run does keep them
+    if name != "fclswgan":  # one update per weight during each generator backward, on top of the steps
+        assert updates_released > len(adam_steps)
+    for key in released:
+        assert torch.equal(released[key], kept[key]), key
 
 
 def test_epoch_means_are_logged_once_per_epoch_as_the_batch_weighted_mean():

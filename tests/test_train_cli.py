@@ -209,3 +209,52 @@ def test_optimizer_state_offload_changes_no_number(tmp_path, monkeypatch):
     # have moments of 74 k elements (more than the 65 k worth a file), so the first run really offloads
     assert offloads == [True, True, False, False]
     assert runs["0"] == runs["null"]
+
+
+def test_each_split_reads_the_dataset_and_trains_without_the_raw_features(tmp_path, monkeypatch):
+    """A run of both splits reads the dataset once per split and drops the raw features once the split's
+    protocol data is built: no raw dataset is alive while a split trains (AWA2: 305 MB beside training)."""
+    import gc
+    import weakref
+
+    from zsl_gen import pipeline
+
+    reads, alive_at_training = [], []
+    load, train = pipeline.load_dataset, pipeline.train_generator
+
+    def load_dataset(ds):
+        raw = load(ds)
+        reads.append(weakref.ref(raw))
+        return raw
+
+    def train_generator(*args, **kwargs):
+        gc.collect()
+        alive_at_training.append(sum(ref() is not None for ref in reads))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_dataset", load_dataset)
+    monkeypatch.setattr(pipeline, "train_generator", train_generator)
+    out = zsl_train(tmp_path, *TINY)
+    assert out.returncode == 0, out.stderr
+    assert len(reads) == 2 and alive_at_training == [0, 0]  # val split, then test split
+    assert read_results(tmp_path)["dataset"]["arrays_sha256"]  # the record of the data both splits read
+
+
+def test_a_dataset_that_changes_between_splits_is_one_clear_error(tmp_path, monkeypatch):
+    from zsl_gen import pipeline
+
+    load, calls = pipeline.load_dataset, []
+
+    def load_dataset(ds):
+        raw = load(ds)
+        calls.append(1)
+        if len(calls) == 2:  # the test split's read sees other features
+            raw.features[0, 0] += 1.0
+        return raw
+
+    monkeypatch.setattr(pipeline, "load_dataset", load_dataset)
+    out = zsl_train(tmp_path, *TINY)
+    assert out.returncode != 0
+    assert "changed during the run" in out.stderr and "arrays_sha256" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "results.json").exists()

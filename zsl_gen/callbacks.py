@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,13 +14,37 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, EvalCurves, train_and_evaluate
-from zsl_gen.runtime import optimizer_state_offloaded, release_freed_memory
+from zsl_gen.runtime import freed_memory_returned, optimizer_state_offloaded, release_freed_memory
 
 log = logging.getLogger(__name__)
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, streaming: ``torch.save`` writes straight into a temporary file beside
+    the target, which then replaces it (``os.replace``: as atomic as Lightning's own save, never a
+    half-written checkpoint under the target's name).
+
+    Lightning's ``TorchCheckpointIO`` serialises the whole checkpoint into an in-memory buffer first, so each
+    save briefly holds a second copy of every weight and optimiser moment: tf-VAEGAN at AWA2 shapes, 0.85 GB
+    of them, was its run's peak memory (1.74 → 2.43 GB at the checkpoints after an evaluation).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            torch.save(checkpoint, partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 class GZSLEvaluation(pl.Callback):
@@ -57,9 +82,11 @@ class GZSLEvaluation(pl.Callback):
         pl_module.zero_grad(set_to_none=True)
         with optimizer_state_offloaded(trainer.optimizers, self.offload_dir, enabled=self.offload_dir is not None,
                                        min_bytes=self.offload_min_bytes):
-            release_freed_memory()  # and what keep_freed_memory holds for the next training step
-            inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
-            release_freed_memory()  # the synthesis's and mapping's activations, before the classifier's own
+            # what keep_freed_memory holds for the next training step goes back first; the synthesis's and
+            # mapping's activations are not kept (they run once per evaluation)
+            with freed_memory_returned():
+                inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
+            release_freed_memory()
             with torch.inference_mode(False), torch.enable_grad():
                 curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
             del inputs  # before the optimiser state comes back

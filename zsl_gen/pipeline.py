@@ -15,22 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from zsl_gen.callbacks import DivergenceGuard, GZSLEvaluation, progress_callbacks
+from zsl_gen.callbacks import DivergenceGuard, GZSLEvaluation, StreamingCheckpointIO, progress_callbacks
 from zsl_gen.config import instantiate, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.types import ZSLData
-from zsl_gen.errors import CheckpointError, ConfigError, TrainingDiverged
+from zsl_gen.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, eszsl_curves
 from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.export import export_generator
 from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
-from zsl_gen.runtime import keep_freed_memory
+from zsl_gen.runtime import keep_freed_memory, release_freed_memory
 
 OFFLOAD_OPTIMIZER_STATE_MB = 256  # conf/train.yaml's default
 from zsl_gen.tracking import build_loggers, finish_loggers, log_final_results
@@ -147,7 +148,7 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
         trainer = instantiate(cfg.trainer, max_epochs=generator_epochs(cfg),
                               callbacks=[guard, evaluation, *checkpoints, *progress_callbacks()],
                               enable_progress_bar=sys.stdout.isatty(), logger=loggers or False,
-                              default_root_dir=str(output_dir))
+                              default_root_dir=str(output_dir), plugins=[StreamingCheckpointIO()])
         trainer.fit(system, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except TrainingDiverged as err:
         # the diverged weights are dropped for the last evaluated (finite) epoch's checkpoint: this run's
@@ -281,7 +282,10 @@ def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
     }
     if ds.kind == "synthetic":
         record["synthetic"] = OmegaConf.to_container(ds.synthetic, resolve=True)
-        record["arrays_sha256"] = hashlib.sha256(raw.features.tobytes() + raw.semantics.tobytes()).hexdigest()
+        digest = hashlib.sha256()  # the digest of features' bytes then semantics', without copying them
+        for array in (raw.features, raw.semantics):
+            digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        record["arrays_sha256"] = digest.hexdigest()
     return record
 
 
@@ -294,14 +298,31 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     selections = list(cfg.selections)
     if cfg.generator.name != "eszsl":
         classifier_config(cfg)  # fail on a bad classifier config before any training
-    raw = load_dataset(cfg.dataset)
     splits = splits_to_run(selections)
     resume = resume_plan(cfg, splits)
     open_loggers: list = []
     try:
-        return _run_splits(cfg, raw, splits, selections, resume, output_dir, open_loggers, code_versions)
+        return _run_splits(cfg, splits, selections, resume, output_dir, open_loggers, code_versions)
     finally:
         finish_loggers(open_loggers)
+
+
+def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tuple[ZSLData, dict[str, Any]]:
+    """One split's protocol data, read from the dataset afresh, and the dataset's record.
+
+    The raw features are read per split and dropped once the split's data is built: kept for a later split,
+    they would sit beside training all along (AWA2: 305 MB next to the split's own 305 MB). ``record`` is the
+    record of an earlier split's read: the files must not have changed since (a ``DataError`` otherwise).
+    """
+    raw = load_dataset(cfg.dataset)
+    now = dataset_record(raw, cfg.dataset)
+    if record is not None and now != record:
+        changed = sorted(k for k in set(now) | set(record) if now.get(k) != record.get(k))
+        files = f"; files: {', '.join(sorted(now['files']))}" if now.get("files") else ""
+        raise DataError(f"dataset {cfg.dataset.name!r} changed during the run (differs in {changed}{files}): an "
+                        "earlier split was trained on other data. Leave the files unchanged while a run reads "
+                        "them, then run it again.")
+    return protocol_data(cfg, raw, split), now
 
 
 def splits_to_run(selections: list[str]) -> list[str]:
@@ -317,7 +338,7 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections: list[str], resume: ResumePlan,
+def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resume: ResumePlan,
                 output_dir: Path, open_loggers: list, code_versions: dict[str, Any]) -> dict[str, Any]:
     """Train/evaluate each split in order, select, write the result files (see ``run``)."""
     stacks: dict[str, CurveStack] = {}
@@ -325,9 +346,10 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
     training_warnings: list[str] = []  # divergence the run survived (DivergenceGuard)
     stopped_early: dict[str, dict[str, Any]] = {}  # split -> where its diverged training stopped
     paper_rule = str(cfg.get("paper_selection", "best"))  # how `paper` reads the test curves (select)
-    data = None
+    data, record = None, None
     for split in splits:
-        data = protocol_data(cfg, raw, split)
+        data, record = split_data(cfg, split, record)
+        release_freed_memory()  # the read's transients (keep_freed_memory holds them from a split's training on)
         start = time.perf_counter()
         split_warnings: list[str] = []
         if split in resume.finished:
@@ -362,7 +384,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
                 "epochs": stopped_early["test"]["last_evaluated_epoch"] if "test" in stopped_early
                 else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
-    assert data is not None  # the last split run: test, or val in a `val_split`-only run
+    assert data is not None and record is not None  # the last split run: test, or val in a `val_split`-only run
     # what training ran on (Lightning's DDP launcher may have changed it since the run began)
     code_versions = {**code_versions, "torch_threads": torch.get_num_threads()}
     exported = cfg.generator.name != "eszsl" and "test" in splits
@@ -370,7 +392,7 @@ def _run_splits(cfg: DictConfig, raw: RawDataset, splits: list[str], selections:
         "created": utc_now(),
         "method": cfg.generator.name,
         "seed": int(cfg.seed),
-        "dataset": dataset_record(raw, cfg.dataset),
+        "dataset": record,
         "protocol": {"selections": selections, "paper_selection": paper_rule, "splits_run": splits,
                      "eval_every": int(cfg.eval_every),
                      "generator_epochs": generator_epochs(cfg) if cfg.generator.name != "eszsl" else None,

@@ -168,7 +168,7 @@ class FCLSWGAN(GeneratorSystem):
             loss_g = adv + hp.cls_weight * cls
             opt_g.zero_grad()
             self.manual_backward(loss_g)
-            opt_g.step()
+            self.step_and_release(opt_g)
         self.log_epoch_means({"train/loss_d": loss_d, "train/wasserstein": wasserstein, "train/grad_norm": grad_norm,
                               "train/loss_g": loss_g, "train/cls": cls}, batch_size=x.shape[0], batch_idx=batch_idx)
 

@@ -200,8 +200,9 @@ class FVAEGAN(ConditionalVAE):
             loss = (loss_vae + self.hparams.gamma_g * generator_loss(self.critic(fake, a))
                     + self._extra_generator_loss(fake, a))
             opt_gen.zero_grad()
-            self.manual_backward(loss)
-            opt_gen.step()
+            with self.updates_in_backward(opt_gen):
+                self.manual_backward(loss)
+            self.step_and_release(opt_gen)
         return {"loss_g": loss.detach(), "vae": loss_vae.detach()}
 
     def _before_generator_loss(self) -> None:

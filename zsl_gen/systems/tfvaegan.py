@@ -155,7 +155,7 @@ class TFVAEGAN(FVAEGAN):
             loss_r = self.hparams.recons_weight * semantic_reconstruction(a_hat, a, self.hparams.decoder_loss)
             opt_dec.zero_grad()
             self.manual_backward(loss_r)
-            opt_dec.step()
+            self.step_and_release(opt_dec)
         return {**super()._critic_step(opts, x, a, fake, feedback=feedback), "recons_real": loss_r.detach()}
 
     def _before_generator_loss(self) -> None:
@@ -168,10 +168,10 @@ class TFVAEGAN(FVAEGAN):
 
     def _generator_step(self, opts, x: torch.Tensor, a: torch.Tensor, feedback: bool):
         opt_dec = opts[2]
-        opt_dec.zero_grad()  # drop the critic-phase decoder gradients
+        opt_dec.zero_grad()  # the generator loss's decoder gradients must not add to older ones
         out = super()._generator_step(opts, x, a, feedback)
         if self._train_decoder_with_generator():
-            opt_dec.step()
+            self.step_and_release(opt_dec)
         return out
 
     # ---- the classifier's feature space ------------------------------------------------------------------
