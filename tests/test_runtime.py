@@ -66,53 +66,6 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch):
     assert runtime.release_freed_memory() is False
 
 
-_CHILD_RETURNED = """
-import ctypes, json, torch
-from zsl_gen.runtime import freed_memory_returned, keep_freed_memory
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-
-def mmapped_and_kept():
-    base = libc.mallinfo2().hblkhd
-    x = torch.ones(10_000_000)  # 40 MB
-    alive = libc.mallinfo2().hblkhd - base
-    del x
-    return alive, libc.mallinfo2().fordblks
-
-applied = keep_freed_memory()
-with freed_memory_returned():
-    inside = mmapped_and_kept()
-after = mmapped_and_kept()
-print(json.dumps({"applied": applied, "inside": inside, "after": after}))
-"""
-
-
-@pytest.mark.skipif(not GLIBC, reason="keep_freed_memory tunes glibc's malloc; this platform has another libc")
-def test_freed_memory_returned_gives_blocks_back_within_and_keeps_them_after():
-    out = subprocess.run([sys.executable, "-c", _CHILD_RETURNED], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
-    assert result["applied"]
-    (inside_mmapped, inside_kept), (after_mmapped, after_kept) = result["inside"], result["after"]
-    assert inside_mmapped >= 40_000_000 and inside_kept < 40_000_000  # glibc's defaults: mmap'd, given back
-    assert after_mmapped < 1_000_000 and after_kept >= 40_000_000  # keep_freed_memory's thresholds again
-
-
-def test_freed_memory_returned_is_a_no_op_without_keep_freed_memory(monkeypatch):
-    from zsl_gen import runtime
-
-    calls = []
-    monkeypatch.setattr(runtime, "_kept_threshold", None)
-    monkeypatch.setattr(runtime, "_set_thresholds", lambda libc, threshold: calls.append(threshold))
-    with runtime.freed_memory_returned():
-        pass
-    assert calls == []  # never applied: glibc's own (adaptive) defaults stay untouched
-
-
 # ---- optimizer_state_offloaded: Adam's moments wait in a file during an evaluation ---------------------
 def _adam_with_state(seed: int = 0):
     torch.manual_seed(seed)

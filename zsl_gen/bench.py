@@ -85,7 +85,6 @@ import torch
 
 from zsl_gen.runtime import (
     cpu_model,
-    freed_memory_returned,
     keep_freed_memory,
     native_bf16,
     optimizer_state_offloaded,
@@ -757,8 +756,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     with optimizer_state_offloaded(fitted[-1].optimizers, offload["offload_dir"],
                                    enabled=offload["offload_dir"] is not None,
                                    min_bytes=offload.get("offload_min_bytes", 0)) as offloaded:
-        with freed_memory_returned():  # as GZSLEvaluation builds them
-            inputs = system.classifier_inputs(data.to(system.device), syn_num, noise, ccfg.feature_dtype)
+        release_freed_memory()
+        inputs = system.classifier_inputs(data.to(system.device), syn_num, noise, ccfg.feature_dtype)
         release_freed_memory()
         clf_times = []
         for r in range(int(spec["classifier_repeats"])):

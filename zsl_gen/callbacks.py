@@ -19,7 +19,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, EvalCurves, train_and_evaluate
-from zsl_gen.runtime import freed_memory_returned, optimizer_state_offloaded, release_freed_memory
+from zsl_gen.runtime import optimizer_state_offloaded, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,9 @@ class GZSLEvaluation(pl.Callback):
         pl_module.zero_grad(set_to_none=True)
         with optimizer_state_offloaded(trainer.optimizers, self.offload_dir, enabled=self.offload_dir is not None,
                                        min_bytes=self.offload_min_bytes):
-            # what keep_freed_memory holds for the next training step goes back first; the synthesis's and
-            # mapping's activations are not kept (they run once per evaluation)
-            with freed_memory_returned():
-                inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
-            release_freed_memory()
+            release_freed_memory()  # and what keep_freed_memory holds for the next training step
+            inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
+            release_freed_memory()  # the synthesis's and mapping's activations, before the classifier's own
             with torch.inference_mode(False), torch.enable_grad():
                 curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
             del inputs  # before the optimiser state comes back

@@ -41,54 +41,18 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-# glibc's own starting thresholds (the mmap one adapts upwards from here unless set explicitly)
-_GLIBC_DEFAULT_BYTES = 128 << 10
-_kept_threshold: int | None = None  # what keep_freed_memory applied, for freed_memory_returned
-
-
-def _set_thresholds(libc: ctypes.CDLL, threshold: int) -> bool:
-    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
-
-
 def keep_freed_memory(threshold_bytes: int = KEEP_BYTES) -> bool:
     """Serve allocations up to ``threshold_bytes`` from the heap and keep up to that much freed memory.
 
     Returns ``True`` when applied; ``False`` (a no-op) where the C library is not glibc (macOS, Windows,
     musl), whose allocators behave differently.
     """
-    global _kept_threshold
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     threshold = min(int(threshold_bytes), 2**31 - 1)
-    applied = _set_thresholds(libc, threshold)
-    _kept_threshold = threshold if applied else None
-    return applied
-
-
-@contextmanager
-def freed_memory_returned() -> Iterator[None]:
-    """Within the block, glibc's default thresholds: blocks of 128 KiB and more are ``mmap``'d and go back to
-    the kernel when freed; ``keep_freed_memory``'s thresholds come back afterwards. A no-op where
-    ``keep_freed_memory`` was not applied.
-
-    For one-off phases (building an evaluation's classifier inputs), whose transients do not repeat often
-    enough for kept blocks to pay: each chunk's activations would otherwise land in a different freed
-    hole of the heap, and every hole once touched stays resident (tf-VAEGAN at AWA2 shapes: ≈ 240 MB
-    above the memory in use). Training steps, which reuse the same blocks every step, keep them.
-    """
-    libc = _glibc()
-    kept = _kept_threshold
-    if libc is None or kept is None:
-        yield
-        return
-    _set_thresholds(libc, _GLIBC_DEFAULT_BYTES)
-    release_freed_memory()
-    try:
-        yield
-    finally:
-        _set_thresholds(libc, kept)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
 
 
 def release_freed_memory() -> bool:
