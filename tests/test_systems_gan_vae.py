@@ -612,8 +612,7 @@ def test_gradients_are_freed_right_after_each_update_and_change_no_weight(name, 
     updates_released = len(adam_steps)
     assert between and all(names == [] for names in between)
     monkeypatch.setattr(GeneratorSystem, "step_and_release", staticmethod(lambda optimizer: optimizer.step()))
-    monkeypatch.setattr(GeneratorSystem, "updates_in_backward",
-                        staticmethod(lambda *optimizers: contextlib.nullcontext()))
+    monkeypatch.setattr(GeneratorSystem, "updates_in_backward", lambda self, *optimizers: contextlib.nullcontext())
     kept, between_kept = fit()
     assert any(names for names in between_kept)  # the reference run does keep them
     if name != "fclswgan":  # one update per weight during each generator backward, on top of the steps
@@ -638,3 +637,27 @@ def test_epoch_means_are_logged_once_per_epoch_as_the_batch_weighted_mean():
     assert logged[0][0] == pytest.approx({"train/a": 1.8, "train/b": 3.6, "train/w": 0.5})
     assert logged[1][0] == pytest.approx({"train/a": 5.6, "train/b": 11.2, "train/w": 0.5})
     assert logged[0][1]["on_epoch"] is True and logged[0][1]["on_step"] is False
+
+
+@pytest.mark.parametrize("world_size, scaler", [(2, None), (1, object())])
+def test_no_update_in_backward_where_a_gradient_is_not_final_when_accumulated(world_size, scaler, tiny_data):
+    """Under DDP the accumulated gradient is averaged across processes afterwards, and a gradient scaler
+    unscales it in ``step``: there ``updates_in_backward`` leaves every update to the ``step`` after."""
+    from types import SimpleNamespace
+
+    system = tiny_system("fvaegan", tiny_data)
+    optimizer = torch.optim.SGD(system.generator.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in system.generator.parameters()]
+    system._trainer = SimpleNamespace(world_size=world_size, precision_plugin=SimpleNamespace(scaler=scaler))
+    try:
+        with system.updates_in_backward(optimizer):
+            system.generator(torch.randn(4, system.noise_dim), tiny_data.semantics[:4]).sum().backward()
+    finally:
+        system._trainer = None
+    assert all(torch.equal(b, p) for b, p in zip(before, system.generator.parameters()))
+    assert all(p.grad is not None for p in system.generator.parameters())
+    with system.updates_in_backward(optimizer):  # no trainer: one process, no scaler
+        optimizer.zero_grad()
+        system.generator(torch.randn(4, system.noise_dim), tiny_data.semantics[:4]).sum().backward()
+    assert not any(torch.equal(b, p) for b, p in zip(before, system.generator.parameters()))
+    assert all(p.grad is None for p in system.generator.parameters())

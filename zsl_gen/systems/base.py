@@ -96,9 +96,8 @@ class GeneratorSystem(pl.LightningModule):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    @staticmethod
     @contextlib.contextmanager
-    def updates_in_backward(*optimizers) -> Iterator[None]:
+    def updates_in_backward(self, *optimizers) -> Iterator[None]:
         """Within the block, a backward pass updates each parameter of ``optimizers`` the moment its gradient
         is complete and frees that gradient at once, so a network's gradients never all exist together
         (tf-VAEGAN's generator step at AWA2 shapes: 208 MB of them, at its peak memory).
@@ -110,7 +109,16 @@ class GeneratorSystem(pl.LightningModule):
         gradient is accumulated, and a node that needs a weight has run by then, so no update reaches a
         weight the pass still reads. Call ``step_and_release`` after the backward as usual: with no gradient
         left it updates nothing, and Lightning counts the step as before.
+
+        A no-op (the update waits for that ``step``) where a gradient is not final when accumulated: under
+        DDP (averaged across processes afterwards) and with a gradient scaler (``16-mixed``: unscaled in
+        ``step``).
         """
+        trainer = self._trainer
+        if trainer is not None and (trainer.world_size > 1
+                                    or getattr(trainer.precision_plugin, "scaler", None) is not None):
+            yield
+            return
         handles = []
         for optimizer in optimizers:
             inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
