@@ -258,3 +258,15 @@ def test_a_dataset_that_changes_between_splits_is_one_clear_error(tmp_path, monk
     assert "changed during the run" in out.stderr and "arrays_sha256" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize("generator, trainer", [("fclswgan", "trainer=ddp_cpu"), ("fvaegan", "trainer=ddp_cpu"),
+                                                ("tfvaegan", "trainer=ddp_cpu"), ("fvaegan", "trainer.devices=2")])
+def test_ddp_is_refused_in_one_line_for_closed_form_critics(tmp_path, generator, trainer):
+    """Their critics' gradients are set in closed form, outside autograd: DDP would never average them and
+    the ranks' critics would drift apart (before, the run died in Lightning's unused-parameter check)."""
+    out = zsl_train(tmp_path, trainer, f"generator={generator}")
+    assert out.returncode != 0
+    assert f"with generator={generator}: its WGAN critic" in out.stderr
+    assert "one GPU per job" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -36,6 +36,10 @@ def _number(cfg: DictConfig, key: str, *, minimum: float, integer: bool = False)
                           f"(set it on the command line, e.g. {key}={int(minimum) if integer else minimum})")
 
 
+# generators whose critic updates set closed-form gradients (Critic.wgan_gp_backward), outside autograd
+CLOSED_FORM_CRITICS = ("fclswgan", "fvaegan", "tfvaegan")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Fail early, naming the field, on values that would otherwise break deep inside training."""
     _number(cfg, "seed", minimum=0, integer=True)
@@ -63,6 +67,17 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"config field `paper_selection` must be one of {list(PAPER_SELECTIONS)} (best: the "
                           f"best epoch on test; last: the last epoch, CADA-VAE's protocol), got "
                           f"{cfg.paper_selection!r}")
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    devices, nodes = (OmegaConf.select(cfg, f"trainer.{k}", default=1) for k in ("devices", "num_nodes"))
+    several = any(isinstance(n, int) and not isinstance(n, bool) and n > 1 for n in (devices, nodes))
+    if (several or any(k in strategy for k in ("ddp", "fsdp", "deepspeed"))) and \
+            cfg.generator.name in CLOSED_FORM_CRITICS:
+        raise ConfigError(
+            f"several processes (trainer.strategy={strategy}, trainer.devices={devices}, trainer.num_nodes={nodes}) "
+            f"with generator={cfg.generator.name}: its WGAN critic is updated with "
+            "closed-form gradients, which DDP does not average across processes (each rank's critic would "
+            "drift apart). Train it on one device (trainer=cpu or trainer=gpu); to use several GPUs, run "
+            "seeds or sweep points side by side, one GPU per job (e.g. -m hydra/launcher=slurm_gpu trainer=gpu).")
     if cfg.dataset.kind not in ("synthetic", "files"):
         raise ConfigError(f"config field `dataset.kind` must be 'synthetic' or 'files', got {cfg.dataset.kind!r}")
     if cfg.generator.name != "eszsl":
