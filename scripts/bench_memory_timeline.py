@@ -11,6 +11,7 @@ Usage: python scripts/bench_memory_timeline.py --method tfvaegan --dataset AWA2 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -26,7 +27,7 @@ from zsl_gen.systems.base import GeneratorSystem
 
 def resident_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class Timeline:

@@ -126,13 +126,13 @@ def test_unwritable_offload_directory_keeps_the_state_in_memory(tmp_path, caplog
 # ---- StreamingCheckpointIO: checkpoints written without an in-memory copy -------------------------------
 # resident memory sampled every millisecond (the kernel's high-water mark is updated lazily)
 _CHILD_SAVE = """
-import json, sys, threading, time, torch
+import json, os, sys, threading, time, torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from zsl_gen.callbacks import StreamingCheckpointIO
 
 def resident_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 state = {"weights": torch.ones(50_000_000)}  # 200 MB
 writer = StreamingCheckpointIO() if sys.argv[1] == "streaming" else TorchCheckpointIO()

@@ -5,6 +5,7 @@ Kept free of Hydra's runtime so it runs the same from the CLI, a sweep, a test o
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import json
@@ -284,7 +285,7 @@ def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
         record["synthetic"] = OmegaConf.to_container(ds.synthetic, resolve=True)
         digest = hashlib.sha256()  # the digest of features' bytes then semantics', without copying them
         for array in (raw.features, raw.semantics):
-            digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+            digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         record["arrays_sha256"] = digest.hexdigest()
     return record
 
@@ -346,7 +347,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     training_warnings: list[str] = []  # divergence the run survived (DivergenceGuard)
     stopped_early: dict[str, dict[str, Any]] = {}  # split -> where its diverged training stopped
     paper_rule = str(cfg.get("paper_selection", "best"))  # how `paper` reads the test curves (select)
-    data, record = None, None
+    data, record, system, trained = None, None, None, None
     for split in splits:
         data, record = split_data(cfg, split, record)
         release_freed_memory()  # the read's transients (keep_freed_memory holds them from a split's training on)
@@ -384,6 +385,9 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
                 "epochs": stopped_early["test"]["last_evaluated_epoch"] if "test" in stopped_early
                 else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
+        if split != "test":  # only the test split's generator is exported; an earlier split's system would sit
+            system = trained = None  # beside the next one's training with its trainer's optimiser state
+            gc.collect()  # (tf-VAEGAN at AWA2: 0.8 GB); trainer and system are reference cycles
     assert data is not None and record is not None  # the last split run: test, or val in a `val_split`-only run
     # what training ran on (Lightning's DDP launcher may have changed it since the run began)
     code_versions = {**code_versions, "torch_threads": torch.get_num_threads()}

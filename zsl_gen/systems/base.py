@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import ParallelStrategy
 from torch.utils.data import DataLoader, IterableDataset
 
 from zsl_gen.data.types import ZSLData
@@ -110,12 +111,13 @@ class GeneratorSystem(pl.LightningModule):
         weight the pass still reads. Call ``step_and_release`` after the backward as usual: with no gradient
         left it updates nothing, and Lightning counts the step as before.
 
-        A no-op (the update waits for that ``step``) where a gradient is not final when accumulated: under
-        DDP (averaged across processes afterwards) and with a gradient scaler (``16-mixed``: unscaled in
-        ``step``).
+        A no-op (the update waits for that ``step``) where a gradient is not final when accumulated: under a
+        parallel strategy such as DDP (its reducer averages, or zero-fills, gradients afterwards, even with
+        one process) and with a gradient scaler (``16-mixed``: unscaled in ``step``).
         """
         trainer = self._trainer
-        if trainer is not None and (trainer.world_size > 1
+        if trainer is not None and (trainer.world_size > 1 or isinstance(getattr(trainer, "strategy", None),
+                                                                         ParallelStrategy)
                                     or getattr(trainer.precision_plugin, "scaler", None) is not None):
             yield
             return
