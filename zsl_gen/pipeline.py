@@ -349,6 +349,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     paper_rule = str(cfg.get("paper_selection", "best"))  # how `paper` reads the test curves (select)
     data, record, system, trained = None, None, None, None
     for split in splits:
+        data = None  # an earlier split's data is not needed to build this one's (AWA2: 193 MB more at the read)
         data, record = split_data(cfg, split, record)
         release_freed_memory()  # the read's transients (keep_freed_memory holds them from a split's training on)
         start = time.perf_counter()
@@ -388,6 +389,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
         if split != "test":  # only the test split's generator is exported; an earlier split's system would sit
             system = trained = None  # beside the next one's training with its trainer's optimiser state
             gc.collect()  # (tf-VAEGAN at AWA2: 0.8 GB); trainer and system are reference cycles
+            release_freed_memory()  # and the blocks keep_freed_memory held for its steps
     assert data is not None and record is not None  # the last split run: test, or val in a `val_split`-only run
     # what training ran on (Lightning's DDP launcher may have changed it since the run began)
     code_versions = {**code_versions, "torch_threads": torch.get_num_threads()}
