@@ -639,16 +639,19 @@ def test_epoch_means_are_logged_once_per_epoch_as_the_batch_weighted_mean():
     assert logged[0][1]["on_epoch"] is True and logged[0][1]["on_step"] is False
 
 
-@pytest.mark.parametrize("world_size, scaler", [(2, None), (1, object())])
-def test_no_update_in_backward_where_a_gradient_is_not_final_when_accumulated(world_size, scaler, tiny_data):
+@pytest.mark.parametrize("parallel, scaler", [(True, None), (False, object())])
+def test_no_update_in_backward_where_a_gradient_is_not_final_when_accumulated(parallel, scaler, tiny_data):
     """Under DDP the accumulated gradient is averaged across processes afterwards, and a gradient scaler
     unscales it in ``step``: there ``updates_in_backward`` leaves every update to the ``step`` after."""
     from types import SimpleNamespace
 
+    from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
+
     system = tiny_system("fvaegan", tiny_data)
     optimizer = torch.optim.SGD(system.generator.parameters(), lr=0.1)
     before = [p.detach().clone() for p in system.generator.parameters()]
-    system._trainer = SimpleNamespace(world_size=world_size, precision_plugin=SimpleNamespace(scaler=scaler))
+    strategy = DDPStrategy() if parallel else SingleDeviceStrategy("cpu")
+    system._trainer = SimpleNamespace(strategy=strategy, precision_plugin=SimpleNamespace(scaler=scaler))
     try:
         with system.updates_in_backward(optimizer):
             system.generator(torch.randn(4, system.noise_dim), tiny_data.semantics[:4]).sum().backward()

@@ -116,8 +116,7 @@ class GeneratorSystem(pl.LightningModule):
         one process) and with a gradient scaler (``16-mixed``: unscaled in ``step``).
         """
         trainer = self._trainer
-        if trainer is not None and (trainer.world_size > 1 or isinstance(getattr(trainer, "strategy", None),
-                                                                         ParallelStrategy)
+        if trainer is not None and (isinstance(trainer.strategy, ParallelStrategy)
                                     or getattr(trainer.precision_plugin, "scaler", None) is not None):
             yield
             return
