@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -123,6 +124,37 @@ def test_a_finished_run_extends_to_a_longer_schedule_with_the_uninterrupted_numb
     assert again.returncode == 0, again.stderr[-2000:]
     assert "split=test: finished in" in (tmp_path / "again" / "run" / "train.log").read_text()
     assert not (tmp_path / "again" / "run" / "checkpoints").exists()
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    # killed after the test split's final epoch was checkpointed, while it was still being evaluated and exported
+    # (no splits/test.json, no results.json): the resume trains nothing and reports the uninterrupted numbers
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = (*ARGS, "logger=none", "generator.epochs=3")
+    full = zsl_train(tmp_path / "full", *args)
+    assert full.returncode == 0, full.stderr[-2000:]
+    ref = tmp_path / "full" / "run"
+    cut = tmp_path / "cut"
+    shutil.copytree(ref, cut)
+    (cut / "results.json").unlink()
+    (cut / "splits" / "test.json").unlink()
+    shutil.rmtree(cut / "generator")
+    last = cut / "checkpoints" / "test" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1 == 3
+    resumed = zsl_train(tmp_path / "resumed", *args, f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    res = tmp_path / "resumed" / "run"
+    log = (res / "train.log").read_text()
+    assert f"split=val: finished in {cut}, read back" in log and f"resuming from {last}" in log
+    assert f"Restored all states from the checkpoint at {last}" in log + resumed.stdout + resumed.stderr
+    assert "epoch 3/3" in full.stdout and "epoch 1/3" not in resumed.stdout  # nothing trained again
+    assert read(res / "results.json")["results"] == read(ref / "results.json")["results"]
+    assert read(res / "curves.json") == read(ref / "curves.json")
+    import yaml
+
+    res_meta = yaml.safe_load((res / "generator" / "generator.yaml").read_text())
+    ref_meta = yaml.safe_load((ref / "generator" / "generator.yaml").read_text())
+    assert res_meta["weights_sha256"] == ref_meta["weights_sha256"]
 
 
 def test_extending_the_test_split_past_a_shorter_finished_val_split_is_refused(tmp_path, monkeypatch):
