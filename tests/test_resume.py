@@ -58,7 +58,8 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path):
             raise
         # killed with the test split unfinished (not between its completion record and results.json) and
         # mid-training: a kill that lands after the last epoch's checkpoint, while the split is still being
-        # evaluated or exported, leaves nothing to resume, so it counts as "finished first" too
+        # evaluated or exported, trains nothing on resume (the test after the next covers it), so here it
+        # counts as "finished first" too
         unfinished = not (int_dir / "results.json").exists() and not (int_dir / "splits" / "test.json").exists()
         if unfinished and torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1 < epochs:
             break
