@@ -173,7 +173,7 @@ def test_a_failed_checkpoint_save_keeps_the_previous_file_and_leaves_nothing_els
     StreamingCheckpointIO().save_checkpoint({"epoch": 1}, target)
 
     def interrupted(obj, f):
-        open(f, "wb").write(b"half a checkpoint")
+        f.write(b"half a checkpoint")
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", interrupted)

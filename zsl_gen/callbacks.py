@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from zsl_gen.data._io import atomic_write
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, EvalCurves, train_and_evaluate
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 class StreamingCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, streaming: ``torch.save`` writes straight into a temporary file beside
-    the target, which then replaces it (``os.replace``: as atomic as Lightning's own save, never a
-    half-written checkpoint under the target's name).
+    the target, which then replaces it (``atomic_write``: never a half-written checkpoint under the target's
+    name; a failed save keeps the previous one).
 
     Lightning's ``TorchCheckpointIO`` serialises the whole checkpoint into an in-memory buffer first, so each
     save briefly holds a second copy of every weight and optimiser moment: tf-VAEGAN at AWA2 shapes, 0.85 GB
@@ -37,14 +37,7 @@ class StreamingCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            torch.save(checkpoint, partial)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
+        atomic_write(path, lambda fh: torch.save(checkpoint, fh))
 
 
 class GZSLEvaluation(pl.Callback):
