@@ -262,7 +262,31 @@ def test_a_dataset_that_changes_between_splits_is_one_clear_error(tmp_path, monk
     out = zsl_train(tmp_path, *TINY)
     assert out.returncode != 0
     assert "changed during the run" in out.stderr and "arrays_sha256" in out.stderr
+    assert "simulating it again" in out.stderr and "files" not in out.stderr  # a simulated dataset has none
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_data_file_rewritten_between_splits_is_one_clear_error_naming_the_files(tmp_path, monkeypatch):
+    from zsl_gen import pipeline
+    from zsl_gen.data import make_synthetic, save_xlsa17
+
+    data_dir = save_xlsa17(make_synthetic(name="MINE"), tmp_path / "MINE")
+    load, calls = pipeline.load_dataset, []
+
+    def load_dataset(ds):
+        calls.append(1)
+        if len(calls) == 2:  # between the val split's training and the test split's read
+            changed = make_synthetic(name="MINE")
+            changed.features[0, 0] += 1.0
+            save_xlsa17(changed, data_dir)
+        return load(ds)
+
+    monkeypatch.setattr(pipeline, "load_dataset", load_dataset)
+    out = zsl_train(tmp_path, *TINY, "dataset=cub", "dataset.name=MINE", f"data_dir={data_dir}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "changed during the run" in out.stderr and "'files'" in out.stderr
+    assert "res101.mat" in out.stderr and "Leave the files unchanged" in out.stderr
     assert not (tmp_path / "run" / "results.json").exists()
 
 
@@ -298,3 +322,20 @@ def test_synthetic_dataset_checksum_is_the_sha256_of_the_arrays_bytes(shape, dty
                            "l2_semantics": False})
     expected = hashlib.sha256(features.tobytes() + semantics.tobytes()).hexdigest()
     assert dataset_record(raw, ds)["arrays_sha256"] == expected
+
+
+def test_lightning_lines_about_absent_accelerators_and_tips_are_dropped_the_rest_kept(caplog):
+    import logging
+
+    from zsl_gen.pipeline import quiet_lightning
+
+    quiet_lightning()
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    messages = ["GPU available: False, used: False", "TPU available: False, using: 0 TPU cores",
+                "HPU available: False, using: 0 HPUs", "💡 Tip: For seamless cloud uploads, try litmodels",
+                "GPU available: True (cuda), used: False", "GPU available: True (cuda), used: True",
+                "`Trainer.fit` stopped: `max_epochs=3` reached."]
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for message in messages:
+            logger.info(message)
+    assert [r.getMessage() for r in caplog.records if r.name == logger.name] == messages[4:]

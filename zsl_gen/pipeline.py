@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,19 +41,26 @@ from zsl_gen.tracking import build_loggers, finish_loggers, log_final_results
 log = logging.getLogger(__name__)
 
 
-class _DropLightningTips(logging.Filter):
+class _DropLightningNoise(logging.Filter):
+    """Drops Lightning's advertising tips and its "<accelerator> available: False" lines. The accelerator
+    lines that say something stay: "GPU available: True …, used: False" is a run that forgot ``trainer=gpu``."""
+
+    _ABSENT = re.compile(r"^(GPU|TPU|HPU|IPU|MPS) available: False\b")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return "Tip:" not in message and not self._ABSENT.match(message)
 
 
 def quiet_lightning() -> None:
-    """Silence Lightning messages that say nothing about this run (advertising, index-batch length notes)."""
+    """Silence Lightning messages that say nothing about this run (advertising, index-batch length notes,
+    accelerators that are absent)."""
     import warnings
 
     for pattern in (".*IterableDataset.*has `__len__` defined.*", ".*smaller than the logging interval.*",
                     ".*isinstance\\(treespec, LeafSpec\\).*", ".*does not have many workers.*"):
         warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningTips())
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningNoise())
 
 
 def load_dataset(ds: DictConfig) -> RawDataset:
@@ -319,6 +327,11 @@ def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tu
     now = dataset_record(raw, cfg.dataset)
     if record is not None and now != record:
         changed = sorted(k for k in set(now) | set(record) if now.get(k) != record.get(k))
+        if cfg.dataset.kind == "synthetic":  # no files: the simulator, seeded, gave other arrays this time
+            raise DataError(f"dataset {cfg.dataset.name!r} changed during the run (differs in {changed}): "
+                            "simulating it again for this split gave other arrays than for the earlier split, "
+                            "with the same seed and settings. The simulator is deterministic, so this machine's "
+                            "arithmetic was not: run again, and report it if it repeats.")
         files = f"; files: {', '.join(sorted(now['files']))}" if now.get("files") else ""
         raise DataError(f"dataset {cfg.dataset.name!r} changed during the run (differs in {changed}{files}): an "
                         "earlier split was trained on other data. Leave the files unchanged while a run reads "
