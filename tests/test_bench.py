@@ -41,7 +41,10 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
 def test_flop_counts_follow_the_layer_shapes():
     hp = {"batch_size": 64, "hidden_dim": 4096, "noise_dim": None, "critic_steps": 5}
     d, a, s = 2048, 312, 150
-    lin = lambda b, i, o: 2.0 * b * i * o
+
+    def lin(b, i, o):
+        return 2.0 * b * i * o
+
     g_fwd = lin(64, 624, 4096) + lin(64, 4096, 2048)
     critic = 2 * lin(128, d + a, 4096) + 3 * lin(128, 4096, 1) + 4 * lin(64, d + a, 4096) + 4 * lin(64, 4096, 1)
     g_train = 2 * lin(64, 624, 4096) + 3 * lin(64, 4096, 2048)
@@ -99,3 +102,11 @@ def test_official_style_vae_gan_loops_train_copies_and_leave_the_system_alone(me
     assert seconds is not None and seconds > 0
     for key, value in system.state_dict().items():  # the loop trains deep copies
         assert torch.equal(value, before[key]), key
+
+
+def test_bench_on_cuda_without_a_usable_gpu_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        main(["--device", "cuda", "--tiny", "--out", str(tmp_path / "bench.json")])
+    assert stop.value.code == 2 and "--device cuda: torch finds no usable CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()

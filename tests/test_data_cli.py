@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -134,3 +136,18 @@ def test_byo_splits_json_name_is_used(tmp_path, capsys):
     assert data["name"] == "synthetic"
     main(["info", str(tmp_path / "dir_name")])
     assert "dataset synthetic:" in capsys.readouterr().out
+
+
+def test_a_reader_closing_stdout_early_ends_the_command_quietly():
+    # `zsl-data info <dir> | head -1`: more output than the pipe holds, so the write after the close must fail
+    code = ("from zsl_gen.cli.common import report_user_errors\n"
+            "@report_user_errors\n"
+            "def main():\n"
+            "    for i in range(200_000):\n"
+            "        print('line', i)\n"
+            "main()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""  # no BrokenPipeError traceback, no "Exception ignored" on exit

@@ -421,6 +421,20 @@ def test_eval_on_a_dataset_of_other_dims_is_a_clear_error(trained, tmp_path, mon
     assert proc.returncode == 2 and "generator.yaml: missing" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_eval_and_synthesize_on_cuda_without_a_usable_gpu_are_one_line_errors(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    proc = zsl_eval(tmp_path, f"generator={trained['export']}", "device=cuda")
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: device=cuda: ") and "use device=cpu" in lines[0]
+    assert not (tmp_path / "eval" / "results.json").exists()
+    code, _, err = synthesize(f"generator={trained['export']}", f"semantics={tmp_path / 'new.csv'}",
+                              "n_per_class=2", f"out={tmp_path / 'synthetic'}", "device=cuda")
+    assert code == 2 and error_lines(err) == lines, err  # the same line: same check, same fix
+    assert not (tmp_path / "synthetic").exists()
+
+
 def test_eval_refuses_an_exported_bf16_classifier_without_bf16_hardware(trained, tmp_path, monkeypatch):
     import zsl_gen.runtime
 

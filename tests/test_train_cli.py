@@ -149,6 +149,16 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+def test_trainer_gpu_without_a_usable_gpu_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a CI machine that has one
+    proc = zsl_train(tmp_path, *TINY, "trainer=gpu")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: trainer.accelerator=gpu (trainer=gpu): "), proc.stderr
+    assert "use trainer=cpu" in lines[0] and "MisconfigurationException" not in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_bf16_hardware_check_passes_fp32_native_bf16_and_the_explicit_override(tmp_path, monkeypatch):
     import zsl_gen.runtime
     from zsl_gen.config import check_bf16_hardware

@@ -270,8 +270,12 @@ def step_flops(method: str, hp: dict[str, Any], d: int, a: int, n_seen: int, fee
         z = int(hp["latent_dim"])
         fe, fd, se, sd = (int(hp[k]) for k in ("feature_enc_hidden", "feature_dec_hidden",
                                                 "semantic_enc_hidden", "semantic_dec_hidden"))
-        enc = lambda i, h: 2 * _lin(b, i, h) + 3 * 2 * _lin(b, h, z)  # input: data, no grad
-        dec = lambda h, o: 3 * (_lin(b, z, h) + _lin(b, h, o))
+        def enc(i: int, h: int) -> float:  # input: data, no grad
+            return 2 * _lin(b, i, h) + 3 * 2 * _lin(b, h, z)
+
+        def dec(h: int, o: int) -> float:
+            return 3 * (_lin(b, z, h) + _lin(b, h, o))
+
         # encoders once; each decoder twice (own latent + cross)
         return enc(d, fe) + enc(a, se) + 2 * dec(fd, d) + 2 * dec(sd, a)
     h = int(hp["hidden_dim"])
@@ -932,6 +936,9 @@ def main(argv: list[str] | None = None) -> None:
         print(_MARK + json.dumps(result), flush=True)
         return
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch finds no usable CUDA GPU (a CPU-only build, or no GPU/driver); "
+                "use --device cpu (the default here)")
     methods = _csv(args.methods, METHODS, "methods")
     datasets = _csv(args.datasets, DATASETS, "datasets")
     precisions = _csv(args.precision, tuple(PRECISIONS), "precision")

@@ -56,6 +56,10 @@ def validate_train_config(cfg: DictConfig) -> None:
                                    and 1 < factor < math.inf):
         raise ConfigError("config field `stop_on_explosion` must be a factor > 1 (e.g. "
                           f"stop_on_explosion=1000) or null, got {factor!r}")
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    check_device_available(accelerator, f"trainer.accelerator={accelerator} (trainer=gpu)",
+                           "use trainer=cpu, or install torch's CUDA build on a machine with an NVIDIA GPU "
+                           "(README, Install variants)")
     check_bf16_hardware(cfg)
     selections = list(cfg.selections)
     if not selections or any(s not in SELECTIONS for s in selections):
@@ -85,6 +89,18 @@ def validate_train_config(cfg: DictConfig) -> None:
         _number(cfg, "generator.syn_num", minimum=1, integer=True)
         if cfg.generator.get("system") is None:
             raise ConfigError("config field `generator.system` is empty: pick a generator, e.g. generator=cvae")
+
+
+def check_device_available(device: str, field: str, fix: str) -> None:
+    """Refuse a CUDA device that torch cannot use, in one line naming ``field`` and the ``fix`` — instead of
+    Lightning's ``MisconfigurationException`` or torch's assertion from deep inside."""
+    import torch
+
+    if not str(device).startswith(("cuda", "gpu")) or torch.cuda.is_available():
+        return
+    why = ("this torch is a CPU-only build" if torch.version.cuda is None else
+           f"torch {torch.__version__} finds no usable NVIDIA GPU (none present, or no driver)")
+    raise ConfigError(f"{field}: {why}; {fix}")
 
 
 def check_bf16_hardware(cfg: DictConfig, device: str | None = None,

@@ -34,9 +34,9 @@ from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.export import export_generator
 from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 from zsl_gen.runtime import keep_freed_memory, release_freed_memory
+from zsl_gen.tracking import build_loggers, finish_loggers, log_final_results
 
 OFFLOAD_OPTIMIZER_STATE_MB = 256  # conf/train.yaml's default
-from zsl_gen.tracking import build_loggers, finish_loggers, log_final_results
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
-    from zsl_gen.config import check_bf16_hardware
+    from zsl_gen.config import check_bf16_hardware, check_device_available
     from zsl_gen.data import apply_feature_scaling, build_protocol
     from zsl_gen.errors import CheckpointError
     from zsl_gen.eval import train_and_evaluate
@@ -37,6 +37,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
     from zsl_gen.eval.selection import CurveStack
     from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 
+    check_device_available(str(cfg.device), f"device={cfg.device}", "use device=cpu (the default)")
     generator = load_generator(cfg.export, device=cfg.device)
     meta = generator.meta
     syn_num = int(cfg.syn_num if cfg.syn_num is not None else meta.get("syn_num", 300))

@@ -134,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"n_per_class and seed must be integers, got {args['n_per_class']!r}, {args['seed']!r}") from None
     if n_per_class < 1:
         raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
+    from zsl_gen.config import check_device_available
     from zsl_gen.export import load_generator
 
+    check_device_available(args["device"], f"device={args['device']}", "use device=cpu (the default)")
     generator = load_generator(args["generator"], device=args["device"])
     names, semantics = read_class_semantics(Path(args["semantics"]), args["semantic_key"])
     if semantics.shape[1] != generator.meta["semantic_dim"]:

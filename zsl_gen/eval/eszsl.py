@@ -178,14 +178,14 @@ def eszsl_curves(
     seen_preds, unseen_preds, zsl_preds, labels = [], [], [], []
     for g in gammas_exp:
         proj = lead @ _spd_solve(gram + 10.0 ** float(g) * eye, rhs)  # (Nt, r)
-        for l in lambdas_exp:
-            weights = sigma / (sigma ** 2 + 10.0 ** float(l))
+        for lam in lambdas_exp:
+            weights = sigma / (sigma ** 2 + 10.0 ** float(lam))
             scores = (proj * weights).float() @ right  # (Nt, C)
             pred = classes[calibrated_argmax(scores, seen_columns, cal_t)]  # (G, Nt)
             seen_preds.append(pred[:, :n_seen_test])
             unseen_preds.append(pred[:, n_seen_test:])
             zsl_preds.append(unseen[scores[n_seen_test:, unseen_columns].argmax(dim=1)])
-            labels.append(f"gamma={_exp_label(g)},lambda={_exp_label(l)}")
+            labels.append(f"gamma={_exp_label(g)},lambda={_exp_label(lam)}")
 
     n_rows, n_cal = len(labels), len(cal)
     s = nanmean_last(batched_per_class_accuracy(torch.cat(seen_preds), seen_y, seen))
