@@ -9,7 +9,7 @@
 #
 # `run` does, each step logged and timed, none stopping the others:
 #   1. the machine: nvidia-smi, torch, the GPU's bf16 support;
-#   2. every generator trained for 2 epochs with trainer=gpu (fp32, then bf16 for two of them), each run's
+#   2. every generator trained for 2 epochs with trainer=gpu (fp32, then bf16 for three of them), each run's
 #      exported generator then evaluated on the CPU with zsl-eval (a GPU-trained generator reused without one);
 #   3. zsl-bench on the GPU at CUB shapes, all five methods, fp32 and bf16 (real CUB semantics from the kit).
 set -uo pipefail
@@ -48,6 +48,13 @@ if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+# what zsl-gen imports on the paths below (the GPU image had all of these, except Hydra/OmegaConf, in 2026-11)
+missing=$(python3 -c "
+import importlib.util as u
+need = ['torch', 'pytorch_lightning', 'torchmetrics', 'numpy', 'scipy', 'h5py', 'safetensors', 'yaml',
+        'hydra', 'omegaconf']
+print(' '.join(n for n in need if u.find_spec(n) is None))")
+[ -z "$missing" ] || { echo "missing Python packages: $missing (carry their wheels: see the device README)"; exit 2; }
 log=$out/device_check.log
 : > "$log"
 failed=0
@@ -81,7 +88,7 @@ for g in cvae fclswgan fvaegan tfvaegan cadavae; do
   step "evaluate $g's export on cpu" python3 -m zsl_gen.cli.evaluate "generator=$runs/$g/generator" device=cpu \
     "hydra.run.dir=$runs/$g/eval_cpu"
 done
-for g in fclswgan cadavae; do
+for g in cvae fclswgan cadavae; do  # cvae: a BCE reconstruction, which CUDA autocast refuses unless run outside it
   tiny=(); set_tiny "$g"
   step "train $g on $device, bf16" python3 -m zsl_gen.cli.train "trainer=$trainer" "generator=$g" precision=bf16 \
     generator.epochs=2 classifier.epochs=3 ${tiny[@]+"${tiny[@]}"} "hydra.run.dir=$runs/${g}_bf16"
@@ -94,7 +101,9 @@ for f in sorted(Path(sys.argv[1]).glob("**/results.json")):
     r = json.loads(f.read_text())
     rows[str(f.parent.relative_to(sys.argv[1]))] = {
         "device": r.get("device"), "results": r.get("results"), "versions": r.get("versions"), "timing": r.get("timing"),
-        "trainer": (r.get("config") or {}).get("trainer"), "precision": (r.get("config") or {}).get("precision")}
+        "trainer": ((r.get("config") or {}).get("trainer") or {}).get("accelerator"),
+        "precision": ((r.get("config") or {}).get("trainer") or {}).get("precision"),
+        "classifier_precision": ((r.get("config") or {}).get("classifier") or {}).get("precision")}
 print(json.dumps(rows, indent=1, default=str))
 EOF
 

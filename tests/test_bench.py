@@ -110,3 +110,14 @@ def test_bench_on_cuda_without_a_usable_gpu_is_a_usage_error(tmp_path, monkeypat
         main(["--device", "cuda", "--tiny", "--out", str(tmp_path / "bench.json")])
     assert stop.value.code == 2 and "--device cuda: torch finds no usable CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_failed_case_is_recorded_and_the_exit_status_says_so(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as stop:  # an argument the generator does not take: the case fails
+        main(["--methods", "cvae", "--datasets", "CUB", "--tiny", "--steps", "2", "--warmup", "1", "--device", "cpu",
+              "--override", "+generator.system.no_such_argument=1", "--out", str(out)])
+    assert stop.value.code == 1 and "1 of 1 case(s) failed: cvae/CUB/fp32" in capsys.readouterr().err
+    (case,) = json.loads(out.read_text())
+    assert case["method"] == "cvae" and "no_such_argument" in case["error"]
+    assert out.with_suffix(".md").exists()

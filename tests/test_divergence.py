@@ -17,7 +17,7 @@ from zsl_gen.cli.report import aggregate, read_rows, to_csv, to_markdown
 from zsl_gen.errors import ConfigError, TrainingDiverged
 from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.export import load_generator
-from zsl_gen.losses.vae import bce_reconstruction
+from zsl_gen.losses.vae import bce_nan_propagating, bce_reconstruction
 from zsl_gen.systems.cvae import ConditionalVAE
 
 
@@ -86,6 +86,30 @@ def test_the_guard_state_survives_a_checkpoint(tmp_path):
     assert restored.history == guard.history and restored.warnings == guard.warnings
     epoch_end(restored, net, 3, vae=1e6)
     assert len(restored.warnings) == 1  # not warned twice for the same key
+
+
+def test_the_cuda_bce_equals_torchs_where_finite_and_turns_nan_into_a_nan_loss():
+    # what bce_reconstruction runs on CUDA (whose kernel asserts on NaN on the device), checked on the CPU
+    target = torch.rand(5, 7)
+    logits = torch.randn(5, 7)
+    recon = torch.sigmoid(logits).requires_grad_()
+    reference = torch.nn.functional.binary_cross_entropy(recon, target, reduction="sum") / 5
+    (grad_ref,) = torch.autograd.grad(reference, recon)
+    loss = bce_nan_propagating(recon, target)
+    (grad,) = torch.autograd.grad(loss, recon)
+    assert torch.equal(loss, reference) and torch.equal(grad, grad_ref)  # bit for bit: results do not change
+    poisoned = recon.detach().clone()
+    poisoned[1, 2] = float("nan")
+    assert torch.isnan(bce_nan_propagating(poisoned, target))
+
+
+def test_bce_is_float32_and_unchanged_under_bf16_autocast():
+    target = torch.rand(4, 6)
+    recon = torch.sigmoid(torch.randn(4, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = bce_reconstruction(recon.bfloat16(), target)
+    assert inside.dtype == torch.float32
+    assert torch.equal(inside, bce_reconstruction(recon.bfloat16().float(), target))
 
 
 def test_bce_on_a_nan_reconstruction_says_the_generator_diverged():

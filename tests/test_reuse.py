@@ -389,6 +389,7 @@ def test_eval_classifier_settings_can_be_overridden(trained, tmp_path, monkeypat
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["config"]["classifier"]["epochs"] == 3 and results["protocol"]["syn_num"] == 100
     assert results["config"]["classifier"]["batch_size"] == 100
+    assert results["device"] == "cpu" and results["versions"]["cuda"] == torch.version.cuda
     assert len(json.loads((tmp_path / "eval" / "curves.json").read_text())["test"]["rows"]) == 3
 
 

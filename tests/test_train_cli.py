@@ -46,6 +46,7 @@ def test_eszsl_on_synthetic_writes_complete_results(tmp_path):
     assert results["results"]["paper"]["optimistic"] and not results["results"]["val"]["optimistic"]
     assert {"torch", "pytorch_lightning", "hydra", "zsl_gen", "cpu"} <= set(results["versions"])
     assert results["versions"]["torch_threads"] == torch.get_num_threads()  # bf16 rounding depends on it
+    assert results["versions"]["cuda"] == torch.version.cuda and results["device"] == "cpu"
     if (REPO / ".git").exists():  # a git checkout records the commit and whether tracked files had edits
         assert len(results["versions"]["git_commit"]) == 40
         assert isinstance(results["versions"]["git_dirty"], bool)

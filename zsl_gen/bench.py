@@ -44,12 +44,12 @@ For every (method, dataset, precision, device) case, in a subprocess of its own 
   the peak and the (memory-bound, batch-independent) updates kept their measured time. Where that bound is
   itself under 50%, no matmul work can bring the method to half the peak at its published batch size.
 - matmul peak: ``torch.matmul`` of the precision's dtype on representative sizes (the layer shapes the
-  systems run, and a square 2048³), median of repeats, the best size; measured in the case's process just
+  systems run, and a square 2048³; on a GPU also 8192³, each timing ≥ 20 ms of products), median of repeats, the best size; measured in the case's process just
   before and again just after the timed steps, ``peak_gflops`` = the higher of the two. Where they differ
   by more than ``PEAK_SPREAD_LIMIT`` (the machine's own speed moved during the case: shared or throttled
   cores), ``peak_unstable`` is true and the Markdown table marks the case's % of peak with †.
 - memory: ``peak_rss_mb`` = ``ru_maxrss`` of the case's process (data + model + optimisers + training +
-  classifier evaluation), with ``zsl-train``'s default ``keep_freed_memory`` (``--system-malloc``: the C
+  classifier evaluation; on a GPU also ``peak_gpu_allocated_mb``/``_reserved_mb``), with ``zsl-train``'s default ``keep_freed_memory`` (``--system-malloc``: the C
   library's malloc defaults instead, for before/after).
 - official-style references (``--official``, ``--official-classifier``): timed in a second process of
   their own per case, with the C library's malloc defaults, as the official code runs.
@@ -218,6 +218,8 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 PEAK_SIZES = ((64, 2360, 4096), (128, 2360, 4096), (512, 2133, 4096), (2048, 2048, 2048))
+CUDA_PEAK_SIZES = (8192, 8192, 8192),  # a GPU reaches its peak only on products far larger than a CPU's
+CUDA_TIMING_S = 0.02  # per timed sample: a GPU product at these sizes takes microseconds, a launch a few
 PEAK_SPREAD_LIMIT = 1.25  # higher / lower of the two peak measurements of one case
 
 
@@ -225,12 +227,19 @@ def matmul_peak(precision: str, device: str = "cpu", repeats: int = 7) -> dict[s
     """Measured ``torch.matmul`` GFLOP/s of the precision's dtype on representative sizes; best = peak."""
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     sizes = {}
-    for m, k, n in PEAK_SIZES:
+    for m, k, n in PEAK_SIZES + (CUDA_PEAK_SIZES if device == "cuda" else ()):
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
         inner = max(1, int(2e9 / (2 * m * k * n)))  # ~2 GFLOP per timing
         for _ in range(2):
             a @ b
+        if device == "cuda":  # enough products per timing that launches and the sync do not count
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(inner):
+                a @ b
+            _sync(device)
+            inner = max(inner, int(inner * CUDA_TIMING_S / max(time.perf_counter() - t, 1e-9)))
         times = []
         for _ in range(repeats):
             _sync(device)
@@ -256,6 +265,13 @@ def combined_peak(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def _gpu_memory_peaks(device: str) -> dict[str, float | None]:
+    """The CUDA caching allocator's peaks since its last reset, MiB (``None`` on the CPU)."""
+    on_gpu = device == "cuda"
+    return {"peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu else None,
+            "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1) if on_gpu else None}
 
 
 # ---- analytic FLOPs -------------------------------------------------------------------------------------
@@ -627,6 +643,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     # the matmul peak measured in this process right before the timing, under the same machine load
     peak_info = matmul_peak(precision, device, repeats=3 if tiny else 5)
     release_freed_memory()  # the measurement's matrices are not the method's memory
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     warmup, steps = int(spec["warmup"]), int(spec["steps"])
     spe = system.steps_per_epoch()
     if spec.get("epochs"):
@@ -745,18 +764,25 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     samples_per_epoch = data.train_x.shape[0] * int(hp.get("feedback_loop", 1))
 
     # the peak again, after the timing: a machine whose speed moved in between is flagged (combined_peak)
+    gpu_peaks = _gpu_memory_peaks(device)  # training's, before the measurement's matrices
     peak_info = combined_peak(peak_info, matmul_peak(precision, device, repeats=3 if tiny else 5))
     release_freed_memory()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
     # final classifier at the method's shapes
     ccfg = classifier_config(cfg)
     syn_num = int(cfg.generator.syn_num)
+    # Trainer.fit hands the model back on the CPU; a real run evaluates during fit, on the device
+    system.to(torch.device(device))
     noise = torch.Generator(device=system.device).manual_seed(0)
     system.eval()
     system.zero_grad(set_to_none=True)  # as the evaluation callback does before each evaluation
     # as zsl-train's evaluations do (offload_optimizer_state_mb); --keep-optimizer-state: never
+    # (on a GPU the state lives on the device during a real run's evaluations, and offloading skips it)
     offload = (offload_settings(cfg, spec.get("cache")) if spec.get("offload_optimizer_state", True)
-               else {"offload_dir": None})
+               and device == "cpu" else {"offload_dir": None})
     with optimizer_state_offloaded(fitted[-1].optimizers, offload["offload_dir"],
                                    enabled=offload["offload_dir"] is not None,
                                    min_bytes=offload.get("offload_min_bytes", 0)) as offloaded:
@@ -791,6 +817,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "end_to_end_s": round(end_to_end, 1),
         "end_to_end_note": f"extrapolated: setup + {epochs} epochs × (epoch + classifier every {eval_every})",
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # GPU memory: the higher of training's and the classifier evaluation's peaks (None on the CPU)
+        **{key: (max(value, gpu_peaks[key]) if value is not None else None)
+           for key, value in _gpu_memory_peaks(device).items()},
         "gflops": round(gflops, 3),
         "peak_gflops": peak,
         "fraction_of_peak": round(gflops / peak, 3) if peak else None,
@@ -848,13 +877,18 @@ def _official_style_case(spec: dict[str, Any], cfg, system, data) -> dict[str, A
 
 
 def _run_in_subprocess(spec: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """``run_case(spec)`` in a fresh Python process: (its result, '') or (None, the last error line)."""
+    """``run_case(spec)`` in a fresh Python process: (its result, '') or (None, the error: its message on the
+    first line, then the end of stderr)."""
     proc = subprocess.run([sys.executable, "-m", "zsl_gen.bench", "--case", json.dumps(spec)],
                           capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return None, f"{tail[0]}\n{proc.stderr[-3000:]}"
+        output = (proc.stderr or proc.stdout).strip().splitlines()
+        # the exception's message: what follows the traceback's last (indented) frame line; it may span
+        # lines (Hydra's "Error in call to target ...:" / the cause / "full_key: ...")
+        last_frame = max((i for i, line in enumerate(output) if line.startswith(" ")), default=-1)
+        message = " ".join(line.strip() for line in output[last_frame + 1:][-4:]) or "no output"
+        return None, f"{message}\n{proc.stderr[-3000:]}"
     return json.loads(lines[-1][len(_MARK):]), ""
 
 
@@ -1004,6 +1038,10 @@ def main(argv: list[str] | None = None) -> None:
     md.write_text(header + markdown_table(cases))
     print(markdown_table(cases))
     print(f"wrote {out} and {md}")
+    failed = [f"{c['method']}/{c['dataset']}/{c['precision']}" for c in cases if "error" in c]
+    if failed:  # the files hold every case; the exit status tells a script that some did not run
+        print(f"{len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

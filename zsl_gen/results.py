@@ -29,7 +29,11 @@ def versions() -> dict[str, Any]:
     info = {"zsl_gen": zsl_gen.__version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "pytorch_lightning": pytorch_lightning.__version__, "hydra": hydra.__version__,
             "omegaconf": omegaconf.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "platform": platform.platform(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads()}
+            "platform": platform.platform(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.version.cuda}  # the CUDA torch was built for; None for a CPU-only build
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cudnn"] = torch.backends.cudnn.version()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent)

@@ -84,6 +84,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
             "last": {"gzsl": {k: stack.at(last)[k] for k in "SUH"}, "zsl": {"T1": stack.at(last)["T1"]},
                      "chosen_on": "fixed", "optimistic": False, "gzsl_chosen": stack.describe(last),
                      "zsl_chosen": stack.describe(last)}},
+        "device": str(cfg.device),
         "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(),
     }
     if meta.get("paper_selection") == "last":  # CADA-VAE: its paper reports the final classifier epoch

@@ -37,26 +37,50 @@ def bce_reconstruction(recon: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
     ``−Σ_j [t_j log r_j + (1 − t_j) log(1 − r_j)]``, mean over rows. ``torch`` clamps each log at −100,
     so a reconstruction of exactly 0 or 1 stays finite (the official code adds 1e-12 for the same reason).
+    Computed in float32 under bf16 autocast too: 1 − r near 1 needs float32's resolution.
 
     Args:
         recon: ``(B, D)`` reconstruction in ``[0, 1]`` (a sigmoid output).
         target: ``(B, D)`` target in ``[0, 1]`` (MinMax-scaled features). No gradient flows into it.
 
     Returns:
-        scalar.
+        scalar; NaN on a CUDA device when ``recon`` contains NaN (the divergence guard stops on it).
 
     Raises:
-        TrainingDiverged: ``recon`` contains NaN (torch's kernel would raise an opaque range error).
+        TrainingDiverged: ``recon`` contains NaN, on the CPU (torch's kernel would raise an opaque range error).
     """
-    # float32 under bf16 autocast too: 1 − r near 1 needs float32's resolution (a no-op in fp32)
-    try:
-        return F.binary_cross_entropy(recon.float(), target.detach().float(), reduction="sum") / recon.shape[0]
-    except RuntimeError as err:
-        # torch refuses inputs outside [0, 1]; a sigmoid output is outside only when it is NaN, i.e. the
-        # generator diverged. Checked here, on the failure path only: no per-step host sync.
-        if not bool(torch.isfinite(recon).all()):
-            raise TrainingDiverged("the generator's reconstruction contains NaN (its input or weights overflowed)") from err
-        raise
+    recon, target = recon.float(), target.detach().float()
+    # CUDA autocast refuses binary_cross_entropy outright, even on float32 inputs: run it outside autocast
+    with torch.autocast(recon.device.type, enabled=False):
+        if recon.is_cuda:
+            return bce_nan_propagating(recon, target)
+        try:
+            return F.binary_cross_entropy(recon, target, reduction="sum") / recon.shape[0]
+        except RuntimeError as err:
+            # torch refuses inputs outside [0, 1]; a sigmoid output is outside only when it is NaN, i.e. the
+            # generator diverged. Checked here, on the failure path only: no per-step host sync.
+            if not bool(torch.isfinite(recon).all()):
+                raise TrainingDiverged("the generator's reconstruction contains NaN (its input or weights "
+                                       "overflowed)") from err
+            raise
+
+
+def bce_nan_propagating(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``bce_reconstruction`` for CUDA: the same value and gradient where ``recon`` is finite, NaN where not.
+
+    CUDA's kernel checks the ``[0, 1]`` range with a device-side assert, which on a NaN would leave the
+    whole process's CUDA context unusable (no error to catch, no divergence handling). So NaN entries go to
+    the kernel as 0.5, and ``0 · Σ recon`` brings the NaN back into the loss, where the divergence guard
+    finds it at the epoch's end — without a host sync per step.
+
+    Args:
+        recon, target: ``(B, D)`` float32.
+
+    Returns:
+        scalar.
+    """
+    loss = F.binary_cross_entropy(recon.nan_to_num(0.5), target, reduction="sum") + recon.sum() * 0
+    return loss / recon.shape[0]
 
 
 def vae_loss(recon: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,
