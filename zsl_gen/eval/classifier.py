@@ -7,8 +7,8 @@ shuffle each epoch; GZSL S/U/H and ZSL T1 are measured after every epoch.
 
 The classifier is trained with closed-form gradients and ``torch.optim.Adam`` on whole tensors of the
 inputs' device: no autograd graph (so it runs unchanged inside Lightning's ``no_grad``/``inference_mode``
-validation and test loops), no DataLoader, no per-sample Python and no host synchronisation until the
-curves are returned.
+validation and test loops), no DataLoader, no per-sample Python and no host synchronisation in the
+training steps (each epoch's scoring has a few: boolean masks and the label-table size in ``metrics``).
 """
 
 from __future__ import annotations
