@@ -422,6 +422,49 @@ def test_eval_on_a_dataset_of_other_dims_is_a_clear_error(trained, tmp_path, mon
     assert proc.returncode == 2 and "generator.yaml: missing" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_synthesize_never_deletes_what_it_did_not_write(trained, new_classes, tmp_path, monkeypatch):
+    common = (f"generator={trained['export']}", f"semantics={new_classes['csv']}", "n_per_class=2")
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "notes.txt").write_text("mine")
+    code, _, stderr = synthesize(*common, f"out={victim}")
+    assert code == 2 and "not an earlier zsl-synthesize output (it holds notes.txt, sub)" in stderr, stderr
+    assert (victim / "notes.txt").read_text() == "mine" and (victim / "sub").is_dir()
+    monkeypatch.chdir(victim / "sub")  # the working directory, or one above it, even if empty
+    for out in (".", ".."):
+        code, _, stderr = synthesize(*common, f"out={out}")
+        assert code == 2 and "working directory" in stderr, stderr
+    assert (victim / "notes.txt").exists()
+    (tmp_path / "afile").write_text("x")
+    code, _, stderr = synthesize(*common, f"out={tmp_path / 'afile'}")
+    assert code == 2 and "exists and is a file" in stderr and (tmp_path / "afile").read_text() == "x"
+    # an earlier output, or an empty directory, is replaced
+    out = tmp_path / "syn"
+    assert synthesize(*common, f"out={out}")[0] == 0
+    code, stdout, stderr = synthesize(*common[:2], "n_per_class=3", f"out={out}")
+    assert code == 0 and "= 9 features" in stdout and np.load(out / "labels.npy").shape == (9,), stderr
+    (tmp_path / "empty").mkdir()
+    assert synthesize(*common, f"out={tmp_path / 'empty'}")[0] == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("okapi,1\nokapi,2\n", "class names must be distinct, repeated: okapi"),
+    (" ,1\nquagga,2\n", "class 1 has an empty name"),
+    (b"caf\xe9,1\n", "not UTF-8 text"),
+])
+def test_synthesize_refuses_semantics_a_dataset_could_not_load(trained, tmp_path, content, message):
+    path = tmp_path / "classes.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={path}", "n_per_class=2",
+                                 f"out={tmp_path / 'out'}")
+    assert code == 2 and len(error_lines(stderr)) == 1 and message in stderr, stderr
+    np.save(tmp_path / "none.npy", np.ones((0, 64), np.float32))
+    code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={tmp_path / 'none.npy'}",
+                                 "n_per_class=2", f"out={tmp_path / 'out'}")
+    assert code == 2 and "no classes in it" in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_and_synthesize_on_cuda_without_a_usable_gpu_are_one_line_errors(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -459,3 +502,20 @@ def test_eval_refuses_an_exported_bf16_classifier_without_bf16_hardware(trained,
     lines = error_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "add classifier_from_export=false classifier.precision=fp32" in lines[0]
+
+
+def test_written_files_and_directories_get_the_umasks_permissions(trained, new_classes, tmp_path):
+    # temp-file-and-rename must not leave mkstemp's 0600 / mkdtemp's 0700 behind (others could not read them)
+    mask = os.umask(0o022)
+    try:
+        out = tmp_path / "syn"
+        assert synthesize(f"generator={trained['export']}", f"semantics={new_classes['csv']}", "n_per_class=2",
+                          f"out={out}")[0] == 0
+        from zsl_gen.results import write_json_atomic
+
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert trained["export"].stat().st_mode & 0o777 == 0o777 & ~mask  # zsl-train's export, the session's umask

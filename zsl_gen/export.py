@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from zsl_gen.data._io import temp_dir_beside
 from zsl_gen.data.protocol import apply_feature_scaling
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import CheckpointError
@@ -74,8 +74,7 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
     target = f"{cls.__module__}.{cls.__qualname__}"
     state = {f"state.{k}": v.detach().cpu().contiguous() for k, v in system.state_dict().items()}
     state["class_semantics"] = data.semantics.detach().cpu().float().contiguous()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp = temp_dir_beside(out_dir)
     try:
         save_file(state, str(tmp / WEIGHTS))
         seen, unseen = set(data.seen_classes.tolist()), set(data.unseen_classes.tolist())

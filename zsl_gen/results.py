@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,17 +51,10 @@ def utc_now() -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file so that a reader never sees it half-written (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a file so that a reader never sees it half-written (temp file + rename, ``atomic_write``)."""
+    from zsl_gen.data._io import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,25 @@ def parse_overrides(argv: list[str], keys: dict[str, str | None]) -> dict[str, s
 
 
 def read_class_semantics(path: Path, semantic_key: str = "att") -> tuple[list[str], np.ndarray]:
-    """Class names and a ``(K, A)`` float32 matrix from a semantics file or BYO directory."""
+    """Class names and a ``(K, A)`` float32 matrix from a semantics file or BYO directory: at least one class,
+    names distinct and non-empty (the output's ``classes.txt`` must load as a bring-your-own dataset)."""
+    try:
+        names, matrix = _read_class_semantics(path, semantic_key)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    if len(names) == 0:
+        raise DataError(f"{path}: no classes in it; give at least one class vector")
+    empty = [i for i, name in enumerate(names) if not name.strip()]
+    if empty:
+        raise DataError(f"{path}: class {empty[0] + 1} has an empty name; name every class")
+    seen: set[str] = set()
+    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+    if duplicates:
+        raise DataError(f"{path}: class names must be distinct, repeated: {', '.join(duplicates[:5])}")
+    return names, matrix
+
+
+def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.ndarray]:
     if not path.exists():
         raise DataError(f"{path}: no such semantics file (give a .csv, .npy, .mat or a dataset directory)")
     if path.is_dir():
@@ -57,7 +74,7 @@ def read_class_semantics(path: Path, semantic_key: str = "att") -> tuple[list[st
         names_file, matrix = path.with_name("classes.txt"), _load_npy(path)
     elif path.suffix == ".csv":
         names, rows = [], []
-        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             name, *values = [c.strip() for c in line.split(",")]
@@ -83,7 +100,7 @@ def read_class_semantics(path: Path, semantic_key: str = "att") -> tuple[list[st
     else:
         raise DataError(f"{path}: unsupported semantics file type {path.suffix!r} (use .csv, .npy, .mat or a "
                         "dataset directory)")
-    names = (names_file.read_text().splitlines() if names_file.is_file()
+    names = (names_file.read_text(encoding="utf-8-sig").splitlines() if names_file.is_file()
              else [f"class_{i:03d}" for i in range(len(matrix))])
     if len(names) != len(matrix):
         raise DataError(f"{names_file}: {len(names)} class names for {len(matrix)} semantic rows")
@@ -102,11 +119,34 @@ def _load_npy(path: Path) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
+OUTPUT_FILES = frozenset({"features.npy", "labels.npy", "semantics.npy", "classes.txt", "synthesis.json"})
+
+
+def check_output_dir(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier zsl-synthesize output (which is then replaced): never a
+    directory holding anything else, and never the working directory or one above it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"out={out}: exists and is a file; give a directory path (it is created)")
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ConfigError(f"out={out}: is the working directory or holds it; give a new directory, e.g. "
+                          "out=synthetic")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+    if foreign or (any(out.iterdir()) and not (out / "synthesis.json").is_file()):
+        shown = ", ".join(foreign[:3]) or "files without synthesis.json"
+        raise ConfigError(f"out={out}: exists and is not an earlier zsl-synthesize output (it holds {shown}), "
+                          "which replacing it would delete; give a new directory or remove it first")
+
+
 def write_synthesis(out: Path, features: np.ndarray, labels: np.ndarray, semantics: np.ndarray,
                     names: list[str], provenance: dict) -> None:
-    """Write the output directory atomically (a temp dir renamed into place)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    """Write the output directory atomically (a temp dir renamed into place); ``out`` must have passed
+    ``check_output_dir``: an existing one is replaced."""
+    from zsl_gen.data._io import temp_dir_beside
+
+    tmp = temp_dir_beside(out)
     try:
         np.save(tmp / "features.npy", features)
         np.save(tmp / "labels.npy", labels)
@@ -138,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     from zsl_gen.export import load_generator
 
     check_device_available(args["device"], f"device={args['device']}", "use device=cpu (the default)")
+    check_output_dir(Path(args["out"]))
     generator = load_generator(args["generator"], device=args["device"])
     names, semantics = read_class_semantics(Path(args["semantics"]), args["semantic_key"])
     if semantics.shape[1] != generator.meta["semantic_dim"]:

@@ -62,6 +62,16 @@ def _umask() -> int:
     return mask
 
 
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """A new temporary directory beside ``path`` (to be renamed onto it), with the permissions a plain
+    ``mkdir`` would give (``mkdtemp``'s are 0700, which the renamed result would keep)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """``atomic_write`` for UTF-8 text."""
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
