@@ -215,3 +215,23 @@ def test_load_raw_finds_nothing(tmp_path):
     with pytest.raises(DataError) as ei:
         load_raw(tmp_path / "missing", name="X")
     assert_user_error(ei, "does not exist", "looked for")
+
+
+@pytest.mark.parametrize("case, named", [
+    ("trainval_test_seen", ("key 'trainval_loc'", "key 'test_seen_loc'", "share 2 samples")),
+    ("val_test_unseen", ("key 'val_loc'", "key 'test_unseen_loc'", "share 1 samples")),
+    ("repeated", ("key 'trainval_loc'", "lists 1 samples more than once")),
+])
+def test_a_sample_in_two_sets_or_twice_in_one_is_refused(tmp_path, case, named):
+    res, att = tiny_payloads()
+    tv, ts, tu = (att[k].ravel() for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc"))
+    if case == "trainval_test_seen":  # test samples trained on: every seen number inflated
+        att["trainval_loc"] = np.concatenate([tv, ts[:2]]).reshape(-1, 1)
+    elif case == "val_test_unseen":
+        att["val_loc"] = np.concatenate([att["val_loc"].ravel(), tu[:1]]).reshape(-1, 1)
+    else:
+        att["trainval_loc"] = np.concatenate([tv, tv[:1]]).reshape(-1, 1)
+    with pytest.raises(DataError) as ei:
+        _load(tmp_path, res, att)
+    assert_user_error(ei, *named)
+

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import zsl_train
+from cli_helpers import TINY, zsl_train
 
 ARGS = ("generator=cvae", "generator.system.hidden_dim=256", "selections=[paper,val]", "classifier.epochs=2",
         "generator.syn_num=50")
@@ -212,3 +212,31 @@ def test_bad_ckpt_path_is_one_clear_line(tmp_path, monkeypatch, case, message):
     if case == "val_unfinished":
         assert str(tmp_path / "old" / "checkpoints" / "val" / "last.ckpt") in lines[0]
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_resuming_with_other_settings_never_relabels_the_old_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = (*TINY, "selections=[paper]", "logger=none")
+    first = zsl_train(tmp_path / "first", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = tmp_path / "first" / "run" / "checkpoints" / "test" / "last.ckpt"
+    # nothing would train: the old numbers would be reported as seed 7's, or under 3 classifier epochs
+    for change, shown in (("seed=7", "seed: 0 -> 7"), ("classifier.epochs=3", "classifier.epochs: 2 -> 3"),
+                          ("generator=fclswgan", "generator.name: 'cvae' -> 'fclswgan'")):
+        proc = zsl_train(tmp_path / change.replace("=", "_"), *args, change, f"ckpt_path={last}")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and shown in lines[0], proc.stderr[-2000:]
+        assert "Resume with the old run's overrides" in lines[0]
+        assert not (tmp_path / change.replace("=", "_") / "run" / "results.json").exists()
+    # extended with another seed: the continuation trains, and results.json says what changed
+    extended = zsl_train(tmp_path / "extended", *args, "generator.epochs=3", "seed=1", f"ckpt_path={last}")
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    results = read(tmp_path / "extended" / "run" / "results.json")
+    assert results["seed"] == 1 and read(tmp_path / "extended" / "run" / "curves.json")["test"]["epochs"] == [1, 2, 3]
+    (warning,) = results["warnings"]
+    assert "continues from" in warning and "seed: 0 -> 1" in warning and "ran with the old ones" in warning
+    # the old run's own settings (trainer, logger and memory settings may differ) read it back as before
+    again = zsl_train(tmp_path / "again", *args, "keep_freed_memory=false", f"ckpt_path={last}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read(tmp_path / "again" / "run" / "results.json")["results"] == \
+        read(tmp_path / "first" / "run" / "results.json")["results"]

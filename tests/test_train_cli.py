@@ -150,6 +150,26 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.parametrize("overrides, named", [
+    (["generator.system.lr=0"], "`generator.system.lr` must be a number > 0"),
+    (["generator.system.batch_size=0"], "`generator.system.batch_size` must be an integer >= 1, got 0"),
+    (["generator.system.hidden_dim=abc"], "`generator.system.hidden_dim` must be an integer >= 1, got 'abc'"),
+    (["generator.system.beta1=2"], "`generator.system.beta1` must be a number in [0, 1)"),
+    (["generator=fclswgan", "generator.system.lambda_gp=nan"], "`generator.system.lambda_gp` must be a finite"),
+    (["generator=fclswgan", "generator.system.critic_steps=0"], "`generator.system.critic_steps` must be an integer"),
+    (["generator.system.encoder_bottleneck=maybe"], "`generator.system.encoder_bottleneck` must be true or false"),
+    # a constructor's own check, and Lightning's, come through Hydra's wrapper as one line naming the node
+    (["generator.system.output_activation=foo"], "generator.system: output_activation must be one of"),
+    (["trainer.devices=0"], "trainer: pytorch_lightning.Trainer cannot be built from these settings"),
+])
+def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, overrides, named):
+    proc = zsl_train(tmp_path, *TINY, "logger=none", *overrides)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "[INFO]" not in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_trainer_gpu_without_a_usable_gpu_is_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a CI machine that has one
     proc = zsl_train(tmp_path, *TINY, "trainer=gpu")

@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 import hydra.utils
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from zsl_gen.errors import ConfigError
+from zsl_gen.errors import ConfigError, ZSLGenError
 
 ALLOWED_TARGET_PREFIXES = ("zsl_gen.", "pytorch_lightning.")
 SELECTIONS = ("paper", "val", "val_split")
@@ -23,7 +24,19 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
         raise ConfigError(f"refusing to instantiate _target_={target!r}: only targets under "
                           f"{', '.join(ALLOWED_TARGET_PREFIXES)} are allowed")
-    return hydra.utils.instantiate(node, **kwargs)
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        # Hydra wraps what the constructor raised; the user needs the cause and the config node it came from
+        cause = err.__cause__
+        full_key = next((line[len("full_key: "):] for line in str(err).splitlines()
+                         if line.startswith("full_key: ")), None) or "the config"
+        if isinstance(cause, ZSLGenError):
+            raise type(cause)(f"{full_key}: {cause}") from None
+        if cause is None:
+            raise ConfigError(f"{full_key}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{full_key}: {target} cannot be built from these settings "
+                          f"({type(cause).__name__}: {cause}); check the {full_key}.* values") from None
 
 
 def _number(cfg: DictConfig, key: str, *, minimum: float, integer: bool = False) -> None:
@@ -38,6 +51,48 @@ def _number(cfg: DictConfig, key: str, *, minimum: float, integer: bool = False)
 
 # generators whose critic updates set closed-form gradients (Critic.wgan_gp_backward), outside autograd
 CLOSED_FORM_CRITICS = ("fclswgan", "fvaegan", "tfvaegan")
+
+
+# generator.system fields (those a generator has) and what they must be; checked before any network is built
+SYSTEM_POSITIVE_INTS = ("batch_size", "cls_batch_size", "hidden_dim", "latent_dim", "noise_dim", "critic_steps",
+                        "cls_epochs", "n_latent_seen", "n_latent_unseen", "feedback_loop", "feature_enc_hidden",
+                        "feature_dec_hidden", "semantic_enc_hidden", "semantic_dec_hidden")
+SYSTEM_BETAS = ("beta1", "beta2", "cls_beta1")
+SYSTEM_NONNEGATIVE = ("lambda_gp", "cls_weight", "recons_weight", "a1", "a2", "gamma_d", "gamma_g", "kl_max",
+                      "cross_max", "align_max")
+SYSTEM_FLAGS = ("adaptive_lambda", "amsgrad", "fused_adam", "encoded_noise", "encoder_bottleneck",
+                "encoder_default_betas", "freeze_decoder", "prior_feedback_from_recon", "shared_eps")
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_generator_system(cfg: DictConfig) -> None:
+    """The generator's numeric and boolean settings, each named with its valid range (a bad one would
+    otherwise fail deep inside torch, or train nothing: ``lr=0``)."""
+    system = cfg.generator.get("system")
+    if system is None:
+        return
+    for key in system:
+        value, field = system.get(key), f"generator.system.{key}"
+        if key == "lr" or key.endswith("_lr"):
+            ok, want = _real(value) and value > 0, "a number > 0, e.g. 1e-4"
+        elif key in SYSTEM_POSITIVE_INTS:
+            if key == "noise_dim" and value is None:
+                continue
+            ok, want = _real(value) and float(value).is_integer() and value >= 1, "an integer >= 1"
+        elif key in SYSTEM_BETAS:
+            ok, want = _real(value) and 0 <= value < 1, "a number in [0, 1), e.g. 0.5"
+        elif key in SYSTEM_NONNEGATIVE:
+            ok, want = _real(value) and value >= 0, "a finite number >= 0"
+        elif key in SYSTEM_FLAGS:
+            ok, want = isinstance(value, bool), "true or false"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"config field `{field}` must be {want}, got {value!r} (generator="
+                              f"{cfg.generator.get('name')})")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -89,6 +144,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         _number(cfg, "generator.syn_num", minimum=1, integer=True)
         if cfg.generator.get("system") is None:
             raise ConfigError("config field `generator.system` is empty: pick a generator, e.g. generator=cvae")
+        check_generator_system(cfg)
 
 
 def check_device_available(device: str, field: str, fix: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -209,6 +209,35 @@ class ResumePlan:
     finished: dict[str, CurveStack] = field(default_factory=dict)
     finished_warnings: dict[str, list[str]] = field(default_factory=dict)  # each finished split's DivergenceGuard
     finished_stopped: dict[str, dict[str, Any]] = field(default_factory=dict)  # finished splits that stopped early
+    warnings: list[str] = field(default_factory=list)  # settings changed on resuming a stopped split
+
+
+# What decides a split's numbers: a resumed run must match the old one in these (extending generator.epochs,
+# and trainer/logger/memory/path settings may change). Compared unresolved, so a moved data_dir still matches.
+RESULT_SETTINGS = ("seed", "selections", "paper_selection", "eval_every", "dataset", "generator", "classifier",
+                   "trainer.precision")
+RESUME_MAY_CHANGE = ("generator.epochs", "dataset.data_dir")
+
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}.{key}"))
+        return out or {prefix: {}}
+    return {prefix: node}
+
+
+def changed_settings(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """``RESULT_SETTINGS`` that differ between two run configs (unresolved): dotted key -> (old, new)."""
+    before, after = {}, {}
+    for key in RESULT_SETTINGS:
+        for flat, cfg in ((before, old), (after, new)):
+            value = OmegaConf.select(cfg, key, default=None)
+            value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig | ListConfig) else value
+            flat.update(_flat(value, key))
+    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k) and k not in RESUME_MAY_CHANGE}
 
 
 def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
@@ -258,7 +287,47 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
             if stopped:
                 plan.finished_stopped[earlier] = stopped
+    _check_resumed_settings(cfg, plan)
     return plan
+
+
+def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
+    """Compare the old run's settings (its ``.hydra/config.yaml``) with this run's.
+
+    Where the checkpoint's split trains on (an interrupted, stopped or extended split), other settings are a
+    deliberate choice (a lower lr after a divergence, fp32 for the last epochs of a bf16 run): allowed, with
+    a warning in ``results.json`` that the earlier epochs, and any split read back, ran with the old ones.
+    Where nothing trains (every split read back), other settings would only relabel the old numbers, and
+    another generator cannot load the checkpoint at all: both are refused.
+    """
+    assert plan.run_dir is not None and plan.split is not None
+    old_path = plan.run_dir / ".hydra" / "config.yaml"
+    if not old_path.is_file():
+        log.warning("%s has no .hydra/config.yaml: this run's settings cannot be compared with the old run's; "
+                    "resume with the same overrides", plan.run_dir)
+        return
+    try:
+        old = OmegaConf.load(old_path)
+    except Exception as err:  # omegaconf/yaml raise several types for a damaged file
+        raise ConfigError(f"{old_path}: unreadable ({type(err).__name__}); the old run's settings cannot be "
+                          "compared with this run's: restore the file or start a new run") from None
+    changed = changed_settings(old, cfg)
+    if not changed:
+        return
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:4]) + (
+        f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    other_generator = any(k in changed for k in ("generator.name", "generator.system._target_"))
+    if other_generator or plan.split in plan.finished:
+        why = ("it is a checkpoint of another generator" if other_generator else
+               "every split is read back from it, nothing trains, so its numbers would only be relabelled")
+        raise ConfigError(
+            f"ckpt_path={plan.ckpt_path}: this run's settings differ from those of {plan.run_dir} ({shown}), and "
+            f"{why}. Resume with the old run's overrides ({old_path.parent / 'overrides.yaml'}) — a larger "
+            "generator.epochs extends it — or start a new run without ckpt_path")
+    message = (f"split={plan.split} continues from {plan.ckpt_path} with other settings than its run ({shown}): "
+               "its earlier epochs, and any split read back, ran with the old ones")
+    log.warning(message)
+    plan.warnings.append(message)
 
 
 def load_system(cfg: DictConfig, data: ZSLData, ckpt: Path) -> pl.LightningModule:
@@ -357,7 +426,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     """Train/evaluate each split in order, select, write the result files (see ``run``)."""
     stacks: dict[str, CurveStack] = {}
     timing: dict[str, float] = {}
-    training_warnings: list[str] = []  # divergence the run survived (DivergenceGuard)
+    training_warnings: list[str] = list(resume.warnings)  # settings changed on resume, divergence survived
     stopped_early: dict[str, dict[str, Any]] = {}  # split -> where its diverged training stopped
     paper_rule = str(cfg.get("paper_selection", "best"))  # how `paper` reads the test curves (select)
     data, record, system, trained = None, None, None, None

@@ -233,7 +233,30 @@ def validate_raw(raw: RawDataset, origin: Origin) -> RawDataset:
             f"{origin.loc('trainval')} ({_names(raw.class_names, orphan)}); a seen class needs training "
             "samples: move some of its samples to trainval, or its test samples to test_unseen"
         )
+    _check_sample_overlaps(raw, origin)
     return raw
+
+
+def _check_sample_overlaps(raw: RawDataset, origin: Origin) -> None:
+    """No sample twice in one of trainval/test_seen/test_unseen, none in two of them, and no test_unseen
+    sample in the validation locations: a test sample trained on inflates every number silently. (xlsa17's
+    own train_loc/val_loc share samples with test_seen in CUB and SUN, so those pairs stay allowed.)"""
+    b = origin.index_base
+    for name in ("trainval", "test_seen", "test_unseen"):
+        idx = raw.locs[name]
+        values, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            repeated = values[counts > 1]
+            raise DataError(f"{origin.loc(name)} lists {repeated.size} samples more than once (rows "
+                            f"{_values(repeated, b)}); list each sample once")
+    pairs = [("trainval", "test_seen"), ("trainval", "test_unseen"), ("test_seen", "test_unseen")]
+    pairs += [(name, "test_unseen") for name in ("train", "val") if raw.locs.get(name) is not None]
+    for first, second in pairs:
+        shared = np.intersect1d(raw.locs[first], raw.locs[second])
+        if shared.size:
+            raise DataError(f"{origin.loc(first)} and {origin.loc(second)} share {shared.size} samples (rows "
+                            f"{_values(shared, b)}): a test sample would be trained on or counted twice; "
+                            "every sample belongs to one of them — fix the split locations")
 
 
 def _sem_shape_text(sem: np.ndarray, origin: Origin) -> str:
