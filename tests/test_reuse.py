@@ -204,6 +204,43 @@ def test_tampered_or_truncated_weights_are_clear_errors(export_copy):
     assert zsl_gen.load_generator(export_copy).meta["weights_sha256"] == meta["weights_sha256"]
 
 
+def rewrite_export_meta(export_dir: Path, meta: dict) -> None:
+    """Write ``meta`` as if the export had been made with it (its digest in the weights header, their sha256)."""
+    from safetensors.torch import load_file, save_file
+
+    from zsl_gen.export import meta_digest
+
+    weights = export_dir / "generator.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"meta_sha256": meta_digest(meta)})
+    meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (export_dir / "generator.yaml").write_text(yaml.safe_dump(meta))
+
+
+@pytest.mark.parametrize("edit", ["scaling", "classifier", "syn_num", "no_preprocessing", "no_weights_sha256"])
+def test_an_edited_generator_yaml_is_refused_naming_it(trained, export_copy, edit):
+    meta_path = export_copy / "generator.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    if edit == "scaling":  # would silently change every synthesized feature
+        meta["preprocessing"]["features"]["max"] = meta["preprocessing"]["features"]["min"]
+    elif edit == "classifier":
+        meta["classifier"] = "x"
+    elif edit == "syn_num":
+        meta["syn_num"] = 0
+    elif edit == "no_preprocessing":
+        del meta["preprocessing"]
+    else:
+        del meta["weights_sha256"]
+    meta_path.write_text(yaml.safe_dump(meta))
+    with pytest.raises(CheckpointError) as info:
+        zsl_gen.load_generator(export_copy)
+    message = str(info.value)
+    assert message.startswith(str(meta_path)) and ("edited" in message), message
+    # the original content written back in another key order and layout loads again
+    original = yaml.safe_load((trained["export"] / "generator.yaml").read_text())
+    meta_path.write_text(yaml.safe_dump(dict(reversed(list(original.items()))), default_flow_style=True))
+    assert zsl_gen.load_generator(export_copy).meta == original
+
+
 def test_missing_export_files_are_clear_errors(export_copy, tmp_path):
     (export_copy / "generator.safetensors").unlink()
     with pytest.raises(CheckpointError, match="generator.safetensors: missing — pass the directory zsl-train"):
@@ -479,6 +516,21 @@ def test_eval_and_synthesize_on_cuda_without_a_usable_gpu_are_one_line_errors(tr
     assert not (tmp_path / "synthetic").exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ([], "no generator given: zsl-eval generator=<run dir>/generator"),
+    (["syn_num=0"], "`syn_num` must be an integer >= 1, got 0"),
+    (["seed=-1"], "`seed` must be an integer >= 0, got -1"),
+    (["device=tpu"], "`device` must be cpu, cuda or cuda:<index>, got 'tpu'"),
+    (["classifier_from_export=maybe"], "`classifier_from_export` must be true or false"),
+])
+def test_eval_bad_settings_are_one_line(trained, tmp_path, monkeypatch, overrides, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    proc = zsl_eval(tmp_path, *([f"generator={trained['export']}"] if overrides else []), *overrides)
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
 def test_eval_refuses_an_exported_bf16_classifier_without_bf16_hardware(trained, tmp_path, monkeypatch):
     import zsl_gen.runtime
 
@@ -497,7 +549,7 @@ def test_eval_refuses_an_exported_bf16_classifier_without_bf16_hardware(trained,
     assert meta["classifier"]["precision"] == "fp32"
     copy = Path(shutil.copytree(trained["export"], tmp_path / "bf16_export"))
     meta["classifier"]["precision"] = "bf16"
-    (copy / "generator.yaml").write_text(yaml.safe_dump(meta))
+    rewrite_export_meta(copy, meta)
     proc = zsl_eval(tmp_path, f"generator={copy}")
     lines = error_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr

@@ -161,6 +161,10 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     # a constructor's own check, and Lightning's, come through Hydra's wrapper as one line naming the node
     (["generator.system.output_activation=foo"], "generator.system: output_activation must be one of"),
     (["trainer.devices=0"], "trainer: pytorch_lightning.Trainer cannot be built from these settings"),
+    (["classifier.calibration=maybe"], "`classifier.calibration` must be true or false, got 'maybe'"),
+    (["classifier.calibration_gammas=[nan]"], "`classifier.calibration_gammas` must be a list of finite numbers"),
+    (["dataset.l2_semantics=1"], "`dataset.l2_semantics` must be true or false, got 1"),
+    (["selections=paper"], "must be a list, got the string 'paper': write selections=[paper]"),
 ])
 def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, overrides, named):
     proc = zsl_train(tmp_path, *TINY, "logger=none", *overrides)

@@ -117,6 +117,9 @@ def validate_train_config(cfg: DictConfig) -> None:
                            "(README, Install variants)")
     check_bf16_hardware(cfg)
     selections = list(cfg.selections)
+    if isinstance(cfg.selections, str):
+        raise ConfigError(f"config field `selections` must be a list, got the string {cfg.selections!r}: write "
+                          f"selections=[{cfg.selections}]")
     if not selections or any(s not in SELECTIONS for s in selections):
         raise ConfigError(f"config field `selections` must be a non-empty subset of {list(SELECTIONS)}, "
                           f"got {selections}")

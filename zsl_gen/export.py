@@ -9,6 +9,10 @@ An export directory holds
   class names with their seen/unseen role, the sha256 of the semantic matrix and of the weights file,
   the dataset it was trained on and the library versions.
 
+The weights file's header also holds ``meta_sha256``, the digest of the yaml's content (all but
+``weights_sha256``): an edited ``generator.yaml`` is refused at load instead of silently changing the
+preprocessing or the classifier settings an evaluation uses.
+
 ``load_generator(path).synthesize(semantics, n_per_class, seed)`` gives features for any class vectors,
 including classes added after training.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from zsl_gen.data._io import temp_dir_beside
@@ -76,7 +82,6 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
     state["class_semantics"] = data.semantics.detach().cpu().float().contiguous()
     tmp = temp_dir_beside(out_dir)
     try:
-        save_file(state, str(tmp / WEIGHTS))
         seen, unseen = set(data.seen_classes.tolist()), set(data.unseen_classes.tolist())
         meta = {
             "format": FORMAT,
@@ -91,11 +96,13 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
             "classes": [{"name": n, "role": "seen" if i in seen else "unseen" if i in unseen else "other"}
                         for i, n in enumerate(data.class_names)],
             "semantics_sha256": semantics_checksum(data.semantics),
-            "weights_sha256": sha256_bytes((tmp / WEIGHTS).read_bytes()),
+            "weights_sha256": None,  # filled in below, once the weights file (which holds meta_sha256) exists
             "source_files": dict(data.files),
             "versions": versions(),
             **_primitive(extra or {}),
         }
+        save_file(state, str(tmp / WEIGHTS), metadata={"meta_sha256": meta_digest(meta)})
+        meta["weights_sha256"] = sha256_bytes((tmp / WEIGHTS).read_bytes())
         (tmp / META).write_text(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=120))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -104,6 +111,13 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of an export's metadata as ``generator.yaml`` reads back (``weights_sha256`` left out: it is
+    the digest of the file this one is stored in)."""
+    content = yaml.safe_load(yaml.safe_dump({k: v for k, v in meta.items() if k != "weights_sha256"}))
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass
@@ -206,14 +220,24 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> G
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not a zsl-gen generator export (format {FORMAT!r} expected)")
     cls = _system_class(meta.get("_target_"), meta_path)
+    if not isinstance(meta.get("weights_sha256"), str):
+        raise CheckpointError(f"{meta_path}: no weights_sha256 (the file was edited or truncated); re-export the "
+                              "generator or restore the file")
     digest = sha256_bytes(weights_path.read_bytes())
     if digest != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights_path}: checksum {digest[:12]}… does not match weights_sha256 in {META} "
                               "(the file was modified or truncated); re-export or re-copy the directory")
     try:
         tensors = load_file(str(weights_path))
+        with safe_open(str(weights_path), framework="pt") as handle:
+            stored = (handle.metadata() or {}).get("meta_sha256")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights_path}: unreadable safetensors file ({err}); re-export it") from None
+    # exports written before meta_sha256 existed have none: they load as before
+    if stored is not None and stored != meta_digest(meta):
+        raise CheckpointError(f"{meta_path}: edited since the export (its content no longer matches meta_sha256 "
+                              f"in {WEIGHTS}'s header); restore the file or re-export the generator — to change "
+                              "the classifier or the number of synthetic samples, pass them to zsl-eval instead")
     try:
         system = cls(**meta["hparams"])
         state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}

@@ -9,6 +9,7 @@ import gc
 import hashlib
 import importlib
 import json
+import math
 import logging
 import re
 import sys
@@ -81,7 +82,14 @@ def generator_epochs(cfg: DictConfig) -> int:
 def calibration_gammas(cfg: DictConfig) -> tuple[float, ...]:
     """The γ values of calibrated stacking to evaluate: ``(0.0,)`` (none) unless ``classifier.calibration``."""
     c = cfg.classifier
-    return tuple(float(g) for g in c.calibration_gammas) if c.calibration else (0.0,)
+    if not isinstance(c.calibration, bool):
+        raise ConfigError(f"config field `classifier.calibration` must be true or false, got {c.calibration!r}")
+    gammas = c.calibration_gammas
+    if not isinstance(gammas, (ListConfig, list, tuple)) or not all(
+            isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) for g in gammas):
+        raise ConfigError("config field `classifier.calibration_gammas` must be a list of finite numbers, e.g. "
+                          f"classifier.calibration_gammas=[0,0.5,1], got {gammas!r}")
+    return tuple(float(g) for g in gammas) if c.calibration else (0.0,)
 
 
 def classifier_config(cfg: DictConfig) -> ClassifierConfig:
@@ -104,6 +112,8 @@ def offload_settings(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
     ds = cfg.dataset
+    if not isinstance(ds.l2_semantics, bool):
+        raise ConfigError(f"config field `dataset.l2_semantics` must be true or false, got {ds.l2_semantics!r}")
     return build_protocol(raw, split, feature_scaling=ds.feature_scaling, l2_semantics=ds.l2_semantics,
                           val_seen_fraction=ds.val_seen_fraction, seed=cfg.seed)
 

@@ -27,6 +27,26 @@ log = logging.getLogger("zsl_gen")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
+def check_eval_config(cfg: DictConfig) -> None:
+    """zsl-eval's own settings, each named with what it must be (before anything is loaded)."""
+    from zsl_gen.errors import ConfigError
+
+    if OmegaConf.is_missing(cfg, "export"):
+        raise ConfigError("no generator given: zsl-eval generator=<run dir>/generator (the directory zsl-train "
+                          "exported)")
+    for key, minimum in (("seed", 0), ("syn_num", 1)):
+        value = cfg.get(key)
+        if key == "syn_num" and value is None:
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+            raise ConfigError(f"config field `{key}` must be an integer >= {minimum}, got {value!r}")
+    for key in ("classifier_from_export", "allow_slow_bf16"):
+        if not isinstance(cfg.get(key), bool):
+            raise ConfigError(f"config field `{key}` must be true or false, got {cfg.get(key)!r}")
+    if str(cfg.device) != "cpu" and not str(cfg.device).startswith("cuda"):
+        raise ConfigError(f"config field `device` must be cpu, cuda or cuda:<index>, got {cfg.device!r}")
+
+
 def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
     from zsl_gen.config import check_bf16_hardware, check_device_available
     from zsl_gen.data import apply_feature_scaling, build_protocol
@@ -37,6 +57,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
     from zsl_gen.eval.selection import CurveStack
     from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 
+    check_eval_config(cfg)
     check_device_available(str(cfg.device), f"device={cfg.device}", "use device=cpu (the default)")
     generator = load_generator(cfg.export, device=cfg.device)
     meta = generator.meta

@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     from zsl_gen.config import check_device_available
     from zsl_gen.export import load_generator
 
+    if args["device"] != "cpu" and not args["device"].startswith("cuda"):
+        raise ConfigError(f"device must be cpu, cuda or cuda:<index>, got {args['device']!r}")
     check_device_available(args["device"], f"device={args['device']}", "use device=cpu (the default)")
     check_output_dir(Path(args["out"]))
     generator = load_generator(args["generator"], device=args["device"])
