@@ -121,3 +121,38 @@ def test_a_failed_case_is_recorded_and_the_exit_status_says_so(tmp_path, capsys)
     (case,) = json.loads(out.read_text())
     assert case["method"] == "cvae" and "no_such_argument" in case["error"]
     assert out.with_suffix(".md").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "foo"], "--methods: unknown foo; choose from"),
+    (["--methods", ""], "--methods: empty"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--epochs", "nan"], "--epochs must be a number > 0"),
+    (["--override", "foo.bar=1"], "--override foo.bar=1: "),
+    (["--out", "."], "--out .: is a directory"),
+])
+def test_bad_arguments_are_usage_errors_before_any_case_runs(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["--device", "cpu", "--tiny", "--methods", "cvae", "--datasets", "CUB", *args])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"zsl-bench: error: {message}" in err, err
+
+
+def test_the_simulation_cache_is_keyed_by_its_source(tmp_path):
+    from zsl_gen.bench import load_raw_cached
+
+    # a data root without the real file gives the shape-only simulation, even after a cached real one
+    real_root = tmp_path / "data"
+    (real_root / "xlsa17" / "FLO").mkdir(parents=True)
+    _, shaped_how = load_raw_cached("FLO", tmp_path / "nowhere", tmp_path / "cache")
+    assert shaped_how.startswith("simulated shape")
+    import scipy.io
+
+    variables = scipy.io.loadmat(tmp_path / "cache" / "FLO" / "att_splits.mat")
+    variables["att"] = variables["att"] * 2  # another file, as a real one would be
+    scipy.io.savemat(real_root / "xlsa17" / "FLO" / "att_splits.mat",
+                     {k: v for k, v in variables.items() if not k.startswith("__")})
+    _, how = load_raw_cached("FLO", real_root, tmp_path / "cache")
+    assert how.startswith("real semantics and splits")
+    _, again = load_raw_cached("FLO", tmp_path / "nowhere", tmp_path / "cache")
+    assert again == shaped_how

@@ -156,8 +156,10 @@ def load_raw_cached(name: str, data_root: Path, cache: Path):
     from zsl_gen.data.simulate import simulate_features_for
     from zsl_gen.data.types import RawDataset
 
+    from zsl_gen.data._io import sha256_file
+
     src, how = dataset_source(name, data_root, cache)
-    store = cache / name
+    store = cache / f"{name}-{sha256_file(src)[:16]}"  # keyed by the source: real and shape-only never mix
     meta_path = store / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -927,8 +929,9 @@ def _csv(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     lookup = {a.lower(): a for a in allowed}
     bad = [v for v in items if v.lower() not in lookup]
-    if bad:
-        raise SystemExit(f"zsl-bench: unknown {what} {bad}; choose from {', '.join(allowed)}")
+    if bad or not items:
+        raise ValueError(f"--{what}: {'unknown ' + ', '.join(bad) if bad else 'empty'}; choose from "
+                         f"{', '.join(allowed)}")
     return [lookup[v.lower()] for v in items]
 
 
@@ -973,9 +976,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch finds no usable CUDA GPU (a CPU-only build, or no GPU/driver); "
                 "use --device cpu (the default here)")
-    methods = _csv(args.methods, METHODS, "methods")
-    datasets = _csv(args.datasets, DATASETS, "datasets")
-    precisions = _csv(args.precision, tuple(PRECISIONS), "precision")
+    try:
+        methods = _csv(args.methods, METHODS, "methods")
+        datasets = _csv(args.datasets, DATASETS, "datasets")
+        precisions = _csv(args.precision, tuple(PRECISIONS), "precision")
+    except ValueError as err:
+        p.error(str(err))
+    for flag, value, minimum in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                                 ("--classifier-repeats", args.classifier_repeats, 1)):
+        if value < minimum:
+            p.error(f"{flag} must be >= {minimum}, got {value}")
+    if args.epochs is not None and not (math.isfinite(args.epochs) and args.epochs > 0):
+        p.error(f"--epochs must be a number > 0, got {args.epochs}")
+    if args.override:
+        try:  # a malformed override fails every case: say so before the first one runs
+            compose_config(methods[0], datasets[0], precisions[0], list(args.override))
+        except Exception as err:  # Hydra's override and config errors have many types
+            p.error(f"--override {' '.join(args.override)}: {str(err).splitlines()[0]}")
+    for flag, path in (("--out", Path(args.out)), ("--md", Path(args.md) if args.md else None)):
+        if path is not None and path.is_dir():
+            p.error(f"{flag} {path}: is a directory; give a file path, e.g. {path / 'bench.json'}")
     machine = machine_info(args.device)
     print(f"zsl-bench on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
           f"load {machine['load_avg'][0]:.2f}", flush=True)
