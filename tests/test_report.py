@@ -60,3 +60,34 @@ def test_no_results_and_corrupt_results_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(bad)])
     assert "not a zsl-train results.json (missing field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["results"]["val"]["gzsl"].update(H="abc"), "`results.val.gzsl.H` is 'abc', not a percentage"),
+    (lambda r: r["results"]["paper"]["zsl"].update(T1=None), "`results.paper.zsl.T1` is None"),
+    (lambda r: r["results"]["val"]["gzsl"].update(S=250.0), "`results.val.gzsl.S` is 250.0"),
+    (lambda r: r.update(seed=[0]), "`seed` is [0], not a non-negative integer"),
+    (lambda r: r.update(results={}), "`results` holds no selection"),
+    (lambda r: r.update(results=[1]), "not a zsl-train results.json"),
+])
+def test_a_damaged_results_json_is_one_line_naming_the_field(tmp_path, capsys, edit, message):
+    write_result(tmp_path / "run", seed=0)
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    edit(record)
+    (tmp_path / "run" / "results.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "run"), "--md", str(tmp_path / "r.md")])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1 and message in lines[0], captured.err
+    assert str(tmp_path / "run" / "results.json") in lines[0] and not (tmp_path / "r.md").exists()
+
+
+def test_a_run_named_twice_counts_once_and_a_directory_output_is_refused(tmp_path, capsys):
+    write_result(tmp_path / "run", seed=0)
+    main([str(tmp_path / "run"), str(tmp_path / "run" / "results.json")])
+    assert "| CUB | cvae | att | val | 1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "run"), "--md", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"--md {tmp_path}: is a directory" in err, err

@@ -42,7 +42,10 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
     if not found:
         raise DataError(f"no results.json under {', '.join(map(str, paths))}: point zsl-report at the run or "
                         "multirun directories that zsl-train wrote (outputs/train/...)")
-    return found
+    unique: dict[Path, Path] = {}
+    for path in found:  # a run dir and its results.json both given: one run, counted once
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -51,17 +54,31 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         record = json.loads(path.read_text())
         rows = []
         stopped = set(record.get("stopped_early") or {})
+        if not isinstance(record["results"], dict):
+            raise DataError(f"{path}: not a zsl-train results.json (`results` is not a mapping); remove it or "
+                            "pass only zsl-train run directories")
+        if not record["results"]:
+            raise DataError(f"{path}: `results` holds no selection; rerun the job or remove the file")
         for selection, res in record["results"].items():
             rows.append({"dataset": record["dataset"]["name"], "method": record["method"],
                          "semantics": record["dataset"]["semantic_space"], "selection": selection,
-                         "seed": record["seed"], **res["gzsl"], "T1": res["zsl"]["T1"],
+                         "seed": record["seed"], **{m: res["gzsl"][m] for m in "SUH"}, "T1": res["zsl"]["T1"],
                          "optimistic": bool(res.get("optimistic", selection == "paper")),
                          "stopped_early": bool(stopped & SPLITS_USED.get(selection, {"test"}))})
+            for field in (*METRICS, "seed"):
+                value = rows[-1][field]
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    0 <= value <= 100 if field in METRICS else value >= 0 and float(value).is_integer())
+                if not ok:
+                    where = f"results.{selection}.{'zsl' if field == 'T1' else 'gzsl'}.{field}"
+                    raise DataError(f"{path}: `{'seed' if field == 'seed' else where}` is {value!r}, not "
+                                    f"{'a non-negative integer' if field == 'seed' else 'a percentage in [0, 100]'}; "
+                                    "the file was edited or damaged: rerun the job or remove the file")
         return rows
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err}); the run may have been interrupted — rerun it or "
                         "remove the file") from None
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: not a zsl-train results.json (missing field {err}); remove it or pass "
                         "only zsl-train run directories") from None
 
@@ -125,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--md", type=Path, help="write the Markdown table here")
     parser.add_argument("--csv", type=Path, help="write the CSV table here")
     args = parser.parse_args(argv)
+    for flag, target in (("--md", args.md), ("--csv", args.csv)):
+        if target is not None and target.is_dir():
+            parser.error(f"{flag} {target}: is a directory; give a file path, e.g. {target / 'report.md'}")
     files = find_results(args.paths)
     table = aggregate([row for f in files for row in read_rows(f)])
     markdown = to_markdown(table)
