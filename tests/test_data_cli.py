@@ -151,3 +151,57 @@ def test_a_reader_closing_stdout_early_ends_the_command_quietly():
     proc.stdout.close()
     assert proc.wait(timeout=60) == 141
     assert proc.stderr.read() == b""  # no BrokenPipeError traceback, no "Exception ignored" on exit
+
+
+def test_output_paths_that_are_files_and_bad_seeds_are_one_line(tmp_path, capsys):
+    a_file = tmp_path / "afile.txt"
+    a_file.write_text("x")
+    raw = make_synthetic(n_classes=6, n_unseen=2, n_val_classes=1, samples_per_class=4, feature_dim=8,
+                         semantic_dim=3)
+    src = tmp_path / "src"
+    save_byo(raw, src)
+    save_xlsa17(raw, tmp_path / "x")
+    att = tmp_path / "x" / "att_splits.mat"
+    for argv, message in ((["simulate", "--att-splits", str(att), "--out", str(a_file)], "is a file"),
+                          (["simulate", "--att-splits", str(att), "--out", str(tmp_path / "o"), "--seed", "-1"],
+                           "--seed must be >= 0"),
+                          (["convert", str(src), str(a_file)], "is a file"),
+                          (["convert", str(src), str(src)], "the destination is the source directory")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert stop.value.code == 2 and len(lines) == 1 and message in lines[0], err
+    assert a_file.read_text() == "x"
+
+
+def test_simulating_from_nan_semantics_blames_the_semantics(tmp_path, capsys):
+    import scipy.io
+
+    raw = make_synthetic(n_classes=6, n_unseen=2, n_val_classes=1, samples_per_class=4, feature_dim=8,
+                         semantic_dim=3)
+    save_xlsa17(raw, tmp_path / "x")
+    att = tmp_path / "x" / "att_splits.mat"
+    variables = {k: v for k, v in scipy.io.loadmat(att).items() if not k.startswith("__")}
+    variables["att"][0, 2] = np.nan  # (A, C): class 3
+    scipy.io.savemat(att, variables)
+    with pytest.raises(SystemExit) as stop:
+        main(["simulate", "--att-splits", str(att), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "key 'att'" in err and "NaN or Inf values (classes 3, 1-based)" in err, err
+    assert "'features'" not in err and not (tmp_path / "o" / "res101.mat").exists()
+
+
+def test_byo_index_beyond_int64_and_a_bom_are_handled(tmp_path, capsys):
+    raw = make_synthetic(n_classes=6, n_unseen=2, n_val_classes=1, samples_per_class=4, feature_dim=8,
+                         semantic_dim=3)
+    save_byo(raw, tmp_path / "d")
+    classes = tmp_path / "d" / "classes.txt"
+    classes.write_bytes(b"\xef\xbb\xbf" + classes.read_bytes())  # saved by an editor that adds a BOM
+    assert load_byo(tmp_path / "d").class_names == raw.class_names
+    splits = json.loads((tmp_path / "d" / "splits.json").read_text())
+    splits["trainval"] = [*splits["trainval"], 2**70]  # save_byo writes the index-list form
+    (tmp_path / "d" / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(SystemExit) as stop:
+        main(["info", str(tmp_path / "d")])
+    assert stop.value.code == 2 and "row indices out of range" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from zsl_gen.data.byo import BYO_FILES
 from zsl_gen.data.download import DATASETS
 from zsl_gen.data.load import detect_format
 from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS
-from zsl_gen.errors import DataError
+from zsl_gen.errors import ConfigError, DataError
 
 
 def _default_data_dir() -> str:
@@ -118,6 +118,9 @@ def _download(args) -> None:
 def _simulate(args) -> None:
     src = args.att_splits
     out = args.out
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    _check_output_dir(out, "--out")
     res = out / "res101.mat"
     if res.exists() and not args.force:
         raise DataError(f"{res} already exists; pass --force to overwrite it with simulated features, or "
@@ -134,6 +137,11 @@ def _simulate(args) -> None:
     print(summary(raw, checksums=False))
 
 
+def _check_output_dir(path: Path, what: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file; give a directory (it is created if missing)")
+
+
 def _load(args, path: Path) -> RawDataset:
     if detect_format(path, features_file=args.features_file, semantics_file=args.semantics_file) == "byo":
         return load_byo(path, name=args.name)  # the name recorded in splits.json, unless --name
@@ -143,6 +151,9 @@ def _load(args, path: Path) -> RawDataset:
 
 def _convert(args) -> None:
     fmt = detect_format(args.src, features_file=args.features_file, semantics_file=args.semantics_file)
+    _check_output_dir(args.dst, "the destination")
+    if args.dst.resolve() == args.src.resolve():
+        raise ConfigError(f"{args.dst}: the destination is the source directory; convert into another directory")
     to = args.to or ("xlsa17" if fmt == "byo" else "byo")
     raw = _load(args, args.src)
     outputs = BYO_FILES if to == "byo" else ("res101.mat", "att_splits.mat")

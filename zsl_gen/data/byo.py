@@ -88,7 +88,7 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 def _read_classes(path: Path) -> list[str]:
     require_file(path, "class list", "write one class name per line, " + _FIX)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text ({err}); save it as UTF-8") from err
     while lines and not lines[-1].strip():
@@ -125,6 +125,9 @@ def _index_list(splits: dict, key: str, path: Path) -> np.ndarray:
         raise DataError(
             f"key '{key}' of {path} must be a list of 0-based integer row indices into features.npy; {_FIX}"
         )
+    huge = [v for v in value if not -2**62 < v < 2**62]
+    if huge:  # beyond int64: no row of any features.npy
+        raise DataError(f"key '{key}' of {path} holds row indices out of range ({huge[0]}); {_FIX}")
     return np.asarray(value, dtype=np.int64)
 
 
@@ -190,7 +193,7 @@ def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0) ->
     sp = root / "splits.json"
     require_file(sp, "splits file 'splits.json'", _FIX)
     try:
-        splits = json.loads(sp.read_text(encoding="utf-8"))
+        splits = json.loads(sp.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"{sp} is not valid JSON ({err}); {_FIX}") from err
     if not isinstance(splits, dict):

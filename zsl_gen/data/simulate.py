@@ -34,7 +34,7 @@ from zsl_gen.data.xlsa17 import (
     string_list,
     write_res101,
 )
-from zsl_gen.errors import ConfigError
+from zsl_gen.errors import ConfigError, DataError
 
 __all__ = ["make_synthetic", "simulate_features_for", "write_res101", "FeatureModel",
            "BENCHMARK_CLASS_COUNTS"]
@@ -239,6 +239,7 @@ def simulate_features_for(
     path = Path(att_splits_path)
     require_file(path, "semantics/splits file", "pass the path of an xlsa17 att_splits.mat")
     feature_dim = _check_positive("feature_dim", feature_dim)
+    seed = _check_positive("seed", seed, 0)
     loc_names = ("trainval", "test_seen", "test_unseen", "train", "val")
     mat = MatFile(path, [semantic_key, "allclasses_names", "semantic_space",
                          *(f"{n}_loc" for n in loc_names)])
@@ -250,6 +251,10 @@ def simulate_features_for(
     locs = {n: index_vector(mat.get(f"{n}_loc"), origin.loc(n)) - 1 for n in loc_names if f"{n}_loc" in mat}
     names = string_list(mat.get("allclasses_names")) if "allclasses_names" in mat else None
     sem = semantic_matrix(mat.get(semantic_key), len(names) if names else None, 0, origin.semantics)
+    if not np.isfinite(sem).all():  # else the simulated features inherit the NaN and get the blame
+        bad = np.flatnonzero(~np.isfinite(sem).all(axis=1))
+        raise DataError(f"{origin.semantics} contains NaN or Inf values (classes {', '.join(map(str, bad[:5] + 1))}"
+                        f"{', ...' if bad.size > 5 else ''}, 1-based); fill in every class's semantic vector")
     n_classes = sem.shape[0]
     names = names or default_class_names(n_classes)
     has_val = "train" in locs and "val" in locs and locs["val"].size > 0
