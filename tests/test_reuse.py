@@ -438,7 +438,7 @@ def test_eval_of_a_last_epoch_method_reports_its_paper_number_as_the_last_epoch(
     meta_path = export_copy / "generator.yaml"
     meta = yaml.safe_load(meta_path.read_text())
     assert meta["paper_selection"] == "best"  # what the cvae run recorded
-    meta_path.write_text(yaml.safe_dump({**meta, "paper_selection": "last"}, sort_keys=False))
+    rewrite_export_meta(export_copy, {**meta, "paper_selection": "last"})
     proc = zsl_eval(tmp_path, f"generator={export_copy}")
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
