@@ -153,10 +153,9 @@ def dataset_source(name: str, data_root: Path, cache: Path) -> tuple[Path, str]:
 
 def load_raw_cached(name: str, data_root: Path, cache: Path):
     """Simulated ``RawDataset`` for ``name`` (features cached as ``.npy`` so each case does not re-simulate)."""
+    from zsl_gen.data._io import sha256_file
     from zsl_gen.data.simulate import simulate_features_for
     from zsl_gen.data.types import RawDataset
-
-    from zsl_gen.data._io import sha256_file
 
     src, how = dataset_source(name, data_root, cache)
     store = cache / f"{name}-{sha256_file(src)[:16]}"  # keyed by the source: real and shape-only never mix
@@ -267,6 +266,14 @@ def combined_peak(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def _reset_gpu_memory_peaks(device: str) -> None:
+    """Start the CUDA allocator's peaks afresh (a no-op on the CPU): the peak measurement's matrices are not
+    the method's memory."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _gpu_memory_peaks(device: str) -> dict[str, float | None]:
@@ -645,9 +652,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     # the matmul peak measured in this process right before the timing, under the same machine load
     peak_info = matmul_peak(precision, device, repeats=3 if tiny else 5)
     release_freed_memory()  # the measurement's matrices are not the method's memory
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    _reset_gpu_memory_peaks(device)
     warmup, steps = int(spec["warmup"]), int(spec["steps"])
     spe = system.steps_per_epoch()
     if spec.get("epochs"):
@@ -769,9 +774,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     gpu_peaks = _gpu_memory_peaks(device)  # training's, before the measurement's matrices
     peak_info = combined_peak(peak_info, matmul_peak(precision, device, repeats=3 if tiny else 5))
     release_freed_memory()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    _reset_gpu_memory_peaks(device)
 
     # final classifier at the method's shapes
     ccfg = classifier_config(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import hydra.utils
@@ -64,7 +65,8 @@ SYSTEM_FLAGS = ("adaptive_lambda", "amsgrad", "fused_adam", "encoded_noise", "en
                 "encoder_default_betas", "freeze_decoder", "prior_feedback_from_recon", "shared_eps")
 
 
-def _real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
+    """A finite int or float (not a bool, a string or NaN): what a numeric config field must hold."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -77,15 +79,15 @@ def check_generator_system(cfg: DictConfig) -> None:
     for key in system:
         value, field = system.get(key), f"generator.system.{key}"
         if key == "lr" or key.endswith("_lr"):
-            ok, want = _real(value) and value > 0, "a number > 0, e.g. 1e-4"
+            ok, want = is_real(value) and value > 0, "a number > 0, e.g. 1e-4"
         elif key in SYSTEM_POSITIVE_INTS:
             if key == "noise_dim" and value is None:
                 continue
-            ok, want = _real(value) and float(value).is_integer() and value >= 1, "an integer >= 1"
+            ok, want = is_real(value) and float(value).is_integer() and value >= 1, "an integer >= 1"
         elif key in SYSTEM_BETAS:
-            ok, want = _real(value) and 0 <= value < 1, "a number in [0, 1), e.g. 0.5"
+            ok, want = is_real(value) and 0 <= value < 1, "a number in [0, 1), e.g. 0.5"
         elif key in SYSTEM_NONNEGATIVE:
-            ok, want = _real(value) and value >= 0, "a finite number >= 0"
+            ok, want = is_real(value) and value >= 0, "a finite number >= 0"
         elif key in SYSTEM_FLAGS:
             ok, want = isinstance(value, bool), "true or false"
         else:
@@ -160,6 +162,13 @@ def check_device_available(device: str, field: str, fix: str) -> None:
     why = ("this torch is a CPU-only build" if torch.version.cuda is None else
            f"torch {torch.__version__} finds no usable NVIDIA GPU (none present, or no driver)")
     raise ConfigError(f"{field}: {why}; {fix}")
+
+
+def check_torch_device(device: str) -> None:
+    """The ``device=`` of zsl-eval and zsl-synthesize: ``cpu``, ``cuda`` or ``cuda:<index>``, usable here."""
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"config field `device` must be cpu, cuda or cuda:<index>, got {device!r}")
+    check_device_available(device, f"device={device}", "use device=cpu (the default)")
 
 
 def check_bf16_hardware(cfg: DictConfig, device: str | None = None,

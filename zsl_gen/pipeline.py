@@ -9,7 +9,6 @@ import gc
 import hashlib
 import importlib
 import json
-import math
 import logging
 import re
 import sys
@@ -26,7 +25,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from zsl_gen.callbacks import DivergenceGuard, GZSLEvaluation, StreamingCheckpointIO, progress_callbacks
-from zsl_gen.config import instantiate, validate_train_config
+from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -85,8 +84,7 @@ def calibration_gammas(cfg: DictConfig) -> tuple[float, ...]:
     if not isinstance(c.calibration, bool):
         raise ConfigError(f"config field `classifier.calibration` must be true or false, got {c.calibration!r}")
     gammas = c.calibration_gammas
-    if not isinstance(gammas, (ListConfig, list, tuple)) or not all(
-            isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) for g in gammas):
+    if not isinstance(gammas, (ListConfig, list, tuple)) or not all(is_real(g) for g in gammas):
         raise ConfigError("config field `classifier.calibration_gammas` must be a list of finite numbers, e.g. "
                           f"classifier.calibration_gammas=[0,0.5,1], got {gammas!r}")
     return tuple(float(g) for g in gammas) if c.calibration else (0.0,)
@@ -219,7 +217,7 @@ class ResumePlan:
     finished: dict[str, CurveStack] = field(default_factory=dict)
     finished_warnings: dict[str, list[str]] = field(default_factory=dict)  # each finished split's DivergenceGuard
     finished_stopped: dict[str, dict[str, Any]] = field(default_factory=dict)  # finished splits that stopped early
-    warnings: list[str] = field(default_factory=list)  # settings changed on resuming a stopped split
+    warnings: list[str] = field(default_factory=list)  # settings this run changed for the split it continues
 
 
 # What decides a split's numbers: a resumed run must match the old one in these (extending generator.epochs,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from zsl_gen.cli.common import report_user_errors
+from zsl_gen.data._io import temp_dir_beside
 from zsl_gen.errors import ConfigError, DataError
 
 USAGE = ("usage: zsl-synthesize generator=<export dir> semantics=<file> n_per_class=<N> out=<dir> "
@@ -144,8 +145,6 @@ def write_synthesis(out: Path, features: np.ndarray, labels: np.ndarray, semanti
                     names: list[str], provenance: dict) -> None:
     """Write the output directory atomically (a temp dir renamed into place); ``out`` must have passed
     ``check_output_dir``: an existing one is replaced."""
-    from zsl_gen.data._io import temp_dir_beside
-
     tmp = temp_dir_beside(out)
     try:
         np.save(tmp / "features.npy", features)
@@ -174,12 +173,10 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"n_per_class and seed must be integers, got {args['n_per_class']!r}, {args['seed']!r}") from None
     if n_per_class < 1:
         raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
-    from zsl_gen.config import check_device_available
+    from zsl_gen.config import check_torch_device
     from zsl_gen.export import load_generator
 
-    if args["device"] != "cpu" and not args["device"].startswith("cuda"):
-        raise ConfigError(f"device must be cpu, cuda or cuda:<index>, got {args['device']!r}")
-    check_device_available(args["device"], f"device={args['device']}", "use device=cpu (the default)")
+    check_torch_device(args["device"])
     check_output_dir(Path(args["out"]))
     generator = load_generator(args["generator"], device=args["device"])
     names, semantics = read_class_semantics(Path(args["semantics"]), args["semantic_key"])
