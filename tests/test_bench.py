@@ -53,6 +53,83 @@ def test_flop_counts_follow_the_layer_shapes():
     assert step_flops("fclswgan", hp, d, a, s) == expected
 
 
+@pytest.mark.parametrize("method, feedback", [("cvae", False), ("cadavae", False), ("fclswgan", False),
+                                              ("fvaegan", False), ("tfvaegan", False), ("tfvaegan", True)])
+def test_flop_counts_match_torchs_flop_counter_on_a_real_step(method, feedback):
+    """``step_flops`` against ``torch.utils.flop_counter`` around one real Lightning training step.
+
+    Sizes are all different and every layer is wider than the critic's (width-1) output layer's products,
+    so a missing or extra layer term cannot hide in the one known difference: the analytic count takes
+    that layer's 10 ``(B, H) × (H, 1)``-sized products per critic update as autograd's Linear would run
+    them, while ``Critic.wgan_gp_backward`` runs 8 of them as matrix-vector or element-wise work, which
+    torch's counter does not count."""
+    import pytorch_lightning as pl
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zsl_gen.bench import compose_config
+    from zsl_gen.config import instantiate
+    from zsl_gen.data import make_synthetic
+    from zsl_gen.pipeline import protocol_data
+
+    overrides = ["generator.system.cross_start=-1", "generator.system.align_start=-1"] if method == "cadavae" else []
+    cfg = compose_config(method, "CUB", "fp32", overrides)
+    raw = make_synthetic(n_classes=14, n_unseen=3, n_val_classes=2, semantic_dim=29, feature_dim=72,
+                         samples_per_class=30, seed=0, name="CUB")
+    data = protocol_data(cfg, raw, "test")
+    sizes = ({"feature_enc_hidden": 40, "feature_dec_hidden": 44, "semantic_enc_hidden": 36,
+              "semantic_dec_hidden": 38} if method == "cadavae" else {"hidden_dim": 40, "batch_size": 16})
+    if method in ("fclswgan", "fvaegan", "tfvaegan"):
+        sizes["critic_steps"] = 2
+    if method == "fclswgan":
+        sizes["cls_epochs"] = 1
+    torch.manual_seed(0)
+    system = instantiate(cfg.generator.system, feature_dim=data.feature_dim, semantic_dim=data.semantic_dim,
+                         **sizes)
+    system.set_data(data, seed=0)
+    if method == "tfvaegan":
+        system._uses_feedback = lambda batch_idx: feedback
+
+    class CountSteps(pl.Callback):
+        def __init__(self) -> None:
+            self.flops: list[int] = []
+            self.counter: FlopCounterMode | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.counter = FlopCounterMode(display=False)
+            self.counter.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.counter.__exit__(None, None, None)
+            self.flops.append(self.counter.get_total_flops())
+
+    counted = CountSteps()
+    pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               num_sanity_val_steps=0, callbacks=[counted]).fit(system)
+    hp = dict(system.hparams)
+    analytic = step_flops(method, hp, data.feature_dim, data.semantic_dim, int(data.seen_classes.numel()),
+                          feedback=feedback)
+    uncounted = 8 * hp["critic_steps"] * 2.0 * hp["batch_size"] * hp["hidden_dim"] if "critic_steps" in hp else 0.0
+    assert len(counted.flops) == 2
+    assert counted.flops == [analytic - uncounted] * 2
+
+
+def test_official_next_batch_walks_whole_permutations_in_full_batches():
+    from zsl_gen.bench import _OfficialNextBatch
+
+    torch.manual_seed(0)
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    next_batch = _OfficialNextBatch(x, y)
+    drawn = []
+    for _ in range(9):  # 36 rows: epochs wrap mid-batch, as classifier2.py's next_batch does
+        bx, by = next_batch(4)
+        assert bx.shape == (4, 1) and torch.equal(bx[:, 0].long(), by)
+        drawn += by.tolist()
+    for start in (0, 10, 20):
+        assert sorted(drawn[start:start + 10]) == list(range(10))
+    assert drawn[:10] != drawn[10:20]  # reshuffled at every wrap
+
+
 def test_official_style_loops_are_timed_for_the_speed_up(tmp_path):
     out = tmp_path / "bench.json"
     main(["--methods", "fclswgan,cadavae", "--datasets", "CUB", "--tiny", "--steps", "2", "--warmup", "1",

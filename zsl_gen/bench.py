@@ -37,7 +37,8 @@ For every (method, dataset, precision, device) case, in a subprocess of its own 
   8·B·in·H: the forward of the interpolates, their input gradient ``(s ⊙ w₂) W₁``, and that product's two
   weight-side products (``Critic.wgan_gp_backward`` runs exactly these; autograd's double backward runs the
   same four plus two more, which are not counted).
-  Element-wise work is not counted. Achieved GFLOP/s = FLOPs per step / step time.
+  Element-wise work is not counted. Achieved GFLOP/s = FLOPs per step / step time. A test checks these
+  counts against ``torch.utils.flop_counter`` around a real training step of every method.
 - optimiser: the seconds per step spent inside the optimisers' ``step`` (their parameter updates, timed
   around each call; an automatic-optimisation closure's forward/backward is subtracted), its share of the
   step, and the bound it sets: ``fraction_of_peak_bound`` = the fraction of peak if every product ran at
@@ -322,11 +323,12 @@ def step_flops(method: str, hp: dict[str, Any], d: int, a: int, n_seen: int, fee
     # f-VAEGAN / tf-VAEGAN
     dec_fwd = _lin(b, d, h) + _lin(b, h, a)
     fb_fwd = 2 * _lin(b, h, h)
-    gen_fwd = g_fwd + ((g_fwd + _lin(b, d, h) + fb_fwd) if feedback else 0.0)  # feedback: pass 1 + Dec.hidden
+    # feedback: pass 1 and the decoder (which returns Dec.hidden with Dec(x)) run without grad, then F
+    gen_fwd = g_fwd + ((g_fwd + dec_fwd + fb_fwd) if feedback else 0.0)
     critic_step = enc_fwd + gen_fwd + critic_update
     g_step = enc_train + 3 * g_fwd + critic_through
-    if feedback:  # second pass trains F (fwd+bwd) and the first pass/Dec.hidden run without grad
-        g_step += g_fwd + _lin(b, d, h) + 3 * fb_fwd
+    if feedback:  # ... and in the generator step F trains: forward, fc2 both gradients, fc1 (input detached) ∇W only
+        g_step += g_fwd + dec_fwd + fb_fwd + 3 * _lin(b, h, h)
     if not hp.get("encoded_noise", True):
         g_step += 2 * g_fwd + critic_through
     if method == "tfvaegan":
@@ -339,9 +341,10 @@ def step_flops(method: str, hp: dict[str, Any], d: int, a: int, n_seen: int, fee
 def official_style_classifier(inputs, cfg, seed: int = 0) -> float:
     """Seconds of the final classifier as the official f-CLSWGAN/tf-VAEGAN ``classifier2.py`` runs it.
 
-    Autograd ``nn.Linear`` + ``LogSoftmax`` + ``NLLLoss``, ``optim.Adam(lr, betas=(β1, 0.999))``; per epoch a
-    shuffled pass of ``batch_size`` mini-batches gathered with ``index_select``, then a batched evaluation
-    of test_seen and test_unseen (argmax, per-class accuracy with a Python loop over classes). The GZSL
+    Autograd ``nn.Linear`` + ``LogSoftmax`` + ``NLLLoss``, ``optim.Adam(lr, betas=(β1, 0.999))``; per epoch
+    ``ceil(N / batch_size)`` full mini-batches from its ``next_batch`` (``_OfficialNextBatch``), each copied
+    into a preallocated input, then a batched evaluation of test_seen and test_unseen (argmax, per-class
+    accuracy with a Python loop over classes). The GZSL
     and the ZSL classifiers are separate runs in the official code; both are run, as ``train_and_evaluate``
     trains both, and the ZSL one evaluates test_unseen only, as its ``fit_zsl`` does.
     """
@@ -367,14 +370,16 @@ def official_style_classifier(inputs, cfg, seed: int = 0) -> float:
         model = nn.Sequential(nn.Linear(train_x.shape[1], n_out), nn.LogSoftmax(dim=1))
         crit = nn.NLLLoss()
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        n = train_x.shape[0]
+        n, bs = train_x.shape[0], min(cfg.batch_size, train_x.shape[0])
+        batch_x, batch_y = torch.empty(bs, train_x.shape[1]), torch.empty(bs, dtype=torch.long)
+        next_batch = _OfficialNextBatch(train_x, train_y)
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n)
-            for i in range(0, n, cfg.batch_size):
-                idx = perm[i:i + cfg.batch_size]
-                xb, yb = train_x.index_select(0, idx), train_y.index_select(0, idx)
+            for _ in range(0, n, cfg.batch_size):
+                xb, yb = next_batch(bs)
+                batch_x.copy_(xb)
+                batch_y.copy_(yb)
                 model.zero_grad()
-                loss = crit(model(xb), yb)
+                loss = crit(model(batch_x), batch_y)
                 loss.backward()
                 opt.step()
             with torch.no_grad():
@@ -384,6 +389,30 @@ def official_style_classifier(inputs, cfg, seed: int = 0) -> float:
                     accs = [float((preds[target == c] == c).float().mean()) for c in torch.unique(target)]
                     _ = sum(accs) / len(accs)
     return time.perf_counter() - start
+
+
+class _OfficialNextBatch:
+    """``classifier2.py``'s ``next_batch``: the whole training set is permuted into a new copy at the start
+    and whenever an epoch runs out; batches are slices of it, always full, the last rows of an epoch
+    topped up with the first rows of the next permutation."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y, self.start = x, y, 0
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        perm = torch.randperm(self.x.shape[0])
+        self.x, self.y = self.x[perm], self.y[perm]
+
+    def __call__(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start, n = self.start, self.x.shape[0]
+        if start + size <= n:
+            self.start += size
+            return self.x[start:start + size], self.y[start:start + size]
+        rest_x, rest_y = self.x[start:], self.y[start:]
+        self._shuffle()
+        self.start = size - rest_x.shape[0]
+        return (torch.cat([rest_x, self.x[:self.start]]), torch.cat([rest_y, self.y[:self.start]]))
 
 
 # ---- the official-style generator loops (reference for the per-epoch speed-up) ------------------------
