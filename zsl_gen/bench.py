@@ -45,13 +45,15 @@ For every (method, dataset, precision, device) case, in a subprocess of its own 
   the peak and the (memory-bound, batch-independent) updates kept their measured time. Where that bound is
   itself under 50%, no matmul work can bring the method to half the peak at its published batch size.
 - matmul peak: ``torch.matmul`` of the precision's dtype on representative sizes (the layer shapes the
-  systems run, and a square 2048³; on a GPU also 8192³, each timing ≥ 20 ms of products), median of repeats, the best size; measured in the case's process just
-  before and again just after the timed steps, ``peak_gflops`` = the higher of the two. Where they differ
-  by more than ``PEAK_SPREAD_LIMIT`` (the machine's own speed moved during the case: shared or throttled
-  cores), ``peak_unstable`` is true and the Markdown table marks the case's % of peak with †.
+  systems run, and a square 2048³; on a GPU also 8192³, each timing ≥ 20 ms of products), median of
+  repeats, the best size; measured in the case's process just before and again just after the timed
+  steps, ``peak_gflops`` = the higher of the two. Where they differ by more than ``PEAK_SPREAD_LIMIT``
+  (the machine's own speed moved during the case: shared or throttled cores), ``peak_unstable`` is true
+  and the Markdown table marks the case's % of peak with †.
 - memory: ``peak_rss_mb`` = ``ru_maxrss`` of the case's process (data + model + optimisers + training +
-  classifier evaluation; on a GPU also ``peak_gpu_allocated_mb``/``_reserved_mb``), with ``zsl-train``'s default ``keep_freed_memory`` (``--system-malloc``: the C
-  library's malloc defaults instead, for before/after).
+  classifier evaluation; on a GPU also ``peak_gpu_allocated_mb``/``_reserved_mb``), with ``zsl-train``'s
+  default ``keep_freed_memory`` (``--system-malloc``: the C library's malloc defaults instead, for
+  before/after).
 - official-style references (``--official``, ``--official-classifier``): timed in a second process of
   their own per case, with the C library's malloc defaults, as the official code runs.
 
@@ -327,7 +329,7 @@ def step_flops(method: str, hp: dict[str, Any], d: int, a: int, n_seen: int, fee
     gen_fwd = g_fwd + ((g_fwd + dec_fwd + fb_fwd) if feedback else 0.0)
     critic_step = enc_fwd + gen_fwd + critic_update
     g_step = enc_train + 3 * g_fwd + critic_through
-    if feedback:  # ... and in the generator step F trains: forward, fc2 both gradients, fc1 (input detached) ∇W only
+    if feedback:  # ... and F trains: forward, fc2's two gradients, fc1's ∇W only (its input is detached)
         g_step += g_fwd + dec_fwd + fb_fwd + 3 * _lin(b, h, h)
     if not hp.get("encoded_noise", True):
         g_step += 2 * g_fwd + critic_through
@@ -344,9 +346,9 @@ def official_style_classifier(inputs, cfg, seed: int = 0) -> float:
     Autograd ``nn.Linear`` + ``LogSoftmax`` + ``NLLLoss``, ``optim.Adam(lr, betas=(β1, 0.999))``; per epoch
     ``ceil(N / batch_size)`` full mini-batches from its ``next_batch`` (``_OfficialNextBatch``), each copied
     into a preallocated input, then a batched evaluation of test_seen and test_unseen (argmax, per-class
-    accuracy with a Python loop over classes). The GZSL
-    and the ZSL classifiers are separate runs in the official code; both are run, as ``train_and_evaluate``
-    trains both, and the ZSL one evaluates test_unseen only, as its ``fit_zsl`` does.
+    accuracy with a Python loop over classes). The GZSL and the ZSL classifiers are separate runs in the
+    official code; both are run, as ``train_and_evaluate`` trains both, and the ZSL one evaluates
+    test_unseen only, as its ``fit_zsl`` does.
     """
     from dataclasses import replace
 
@@ -412,7 +414,7 @@ class _OfficialNextBatch:
         rest_x, rest_y = self.x[start:], self.y[start:]
         self._shuffle()
         self.start = size - rest_x.shape[0]
-        return (torch.cat([rest_x, self.x[:self.start]]), torch.cat([rest_y, self.y[:self.start]]))
+        return torch.cat([rest_x, self.x[:self.start]]), torch.cat([rest_y, self.y[:self.start]])
 
 
 # ---- the official-style generator loops (reference for the per-epoch speed-up) ------------------------
