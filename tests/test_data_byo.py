@@ -161,6 +161,37 @@ def test_byo_errors(tmp_path, mutate, fragments):
     assert_user_error(ei, *fragments)
 
 
+@pytest.mark.parametrize("key", ["unseen_classes", "seen_classes"])
+def test_a_listed_class_without_samples_is_an_error_not_dropped(tmp_path, key):
+    root = tmp_path / "d"
+    splits = {"seen_classes": ["c0", "c1", "c2", "c3"], "unseen_classes": ["c4", "c5"]}
+    splits[key] = [*splits[key], "c6"]
+    _write_class_form(root, splits)
+    (root / "classes.txt").write_text("".join(f"c{i}\n" for i in range(7)))  # c6: semantics, no sample
+    np.save(root / "semantics.npy", np.random.default_rng(0).random((7, 3)))
+    with pytest.raises(DataError) as ei:
+        load_byo(root)
+    assert_user_error(ei, f"key '{key}'", "splits.json", "'c6'", "without a sample", "remove them")
+
+
+def test_classes_in_neither_list_are_counted_in_a_warning(tmp_path, caplog):
+    root = tmp_path / "d"
+    _write_class_form(root, {"seen_classes": ["c0", "c1", "c2"], "unseen_classes": ["c4", "c5"],
+                             "val_classes": ["c2"]})
+    with caplog.at_level("WARNING", logger="zsl_gen.data.byo"):
+        raw = load_byo(root)
+    assert "'c3' (10)" in caplog.text and "their 10 samples are not used" in caplog.text
+    assert 3 not in raw.labels[np.concatenate(list(raw.locs.values()))]
+
+
+def test_val_split_advice_for_the_class_list_form_names_val_classes(tmp_path):
+    root = tmp_path / "d"
+    _write_class_form(root, {"seen_classes": ["c0", "c1", "c2", "c3"], "unseen_classes": ["c4", "c5"]})
+    with pytest.raises(DataError) as ei:
+        build_protocol(load_byo(root), split="val")
+    assert_user_error(ei, "split=val", "'val_classes'", "selections=[paper]")
+
+
 def test_byo_nan_semantics_and_constant_features(tmp_path):
     root = tmp_path / "d"
     _write_class_form(root, {"seen_classes": ["c0", "c1", "c2", "c3"], "unseen_classes": ["c4", "c5"]})

@@ -191,8 +191,9 @@ def test_val_split_without_train_val_keys(tmp_path):
     build_protocol(raw, split="test")
     with pytest.raises(DataError) as ei:
         build_protocol(raw, split="val")
-    assert_user_error(ei, "split=val", "'train_loc'", "'val_loc'", "att_splits.mat", "use split=test",
+    assert_user_error(ei, "split=val", "'train_loc'", "'val_loc'", "att_splits.mat", "selections=[paper]",
                       "add the keys")
+    assert "use split=test" not in str(ei.value)  # not a zsl-train setting
 
 
 def test_val_split_overlapping_train_and_val_classes(tmp_path):
@@ -201,7 +202,7 @@ def test_val_split_overlapping_train_and_val_classes(tmp_path):
     raw = _load(tmp_path, res, att)
     with pytest.raises(DataError) as ei:
         build_protocol(raw, split="val")
-    assert_user_error(ei, "key 'train_loc'", "key 'val_loc'", "'cls0'", "disjoint", "split=test")
+    assert_user_error(ei, "key 'train_loc'", "key 'val_loc'", "'cls0'", "disjoint", "selections=[paper]")
 
 
 def test_load_raw_finds_nothing(tmp_path):

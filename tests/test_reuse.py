@@ -430,6 +430,16 @@ def test_eval_classifier_settings_can_be_overridden(trained, tmp_path, monkeypat
     assert len(json.loads((tmp_path / "eval" / "curves.json").read_text())["test"]["rows"]) == 3
 
 
+def test_eval_classifier_fields_given_on_the_command_line_beat_the_exported_ones(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    proc = zsl_eval(tmp_path, f"generator={trained['export']}", "classifier.epochs=3")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["config"]["classifier"]["epochs"] == 3  # given; the export says 2
+    assert results["config"]["classifier"]["batch_size"] == 50 and results["protocol"]["syn_num"] == 50  # exported
+    assert len(json.loads((tmp_path / "eval" / "curves.json").read_text())["test"]["rows"]) == 3
+
+
 def test_eval_of_a_last_epoch_method_reports_its_paper_number_as_the_last_epoch(export_copy, tmp_path,
                                                                                 monkeypatch):
     """An export records its method's paper protocol; a CADA-VAE export (`paper_selection: last`) makes
@@ -553,7 +563,12 @@ def test_eval_refuses_an_exported_bf16_classifier_without_bf16_hardware(trained,
     proc = zsl_eval(tmp_path, f"generator={copy}")
     lines = error_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "add classifier_from_export=false classifier.precision=fp32" in lines[0]
+    assert "add classifier.precision=fp32" in lines[0]
+    proc = zsl_eval(tmp_path, f"generator={copy}", "classifier.precision=fp32")  # that fix works
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["config"]["classifier"]["precision"] == "fp32"
+    assert results["config"]["classifier"]["epochs"] == meta["classifier"]["epochs"] == 2  # the rest: exported
 
 
 def test_written_files_and_directories_get_the_umasks_permissions(trained, new_classes, tmp_path):

@@ -165,6 +165,12 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     (["classifier.calibration_gammas=[nan]"], "`classifier.calibration_gammas` must be a list of finite numbers"),
     (["dataset.l2_semantics=1"], "`dataset.l2_semantics` must be true or false, got 1"),
     (["selections=paper"], "must be a list, got the string 'paper': write selections=[paper]"),
+    # keys Hydra lets in with `+` (its own advice for a typo) that no code reads would be ignored
+    (["+generator.epoch=3"], "`generator.epoch` is not a generator setting and would be ignored; did you mean "
+                             "`generator.epochs`?"),
+    (["+classifier.epoch=3"], "`classifier.epoch` is not a classifier setting"),
+    (["+trainer.max_epochs=3"], "`trainer.max_epochs` is set by zsl-train itself and would be ignored; use "
+                                "generator.epochs=<n>"),
 ])
 def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, overrides, named):
     proc = zsl_train(tmp_path, *TINY, "logger=none", *overrides)
@@ -374,3 +380,52 @@ def test_lightning_lines_about_absent_accelerators_and_tips_are_dropped_the_rest
         for message in messages:
             logger.info(message)
     assert [r.getMessage() for r in caplog.records if r.name == logger.name] == messages[4:]
+
+
+@pytest.mark.parametrize("overrides, epochs", [
+    ((), 30),  # the method's default schedule, cut to the simulated set's default cap
+    (("generator.epochs=35",), 35),  # given explicitly: trained as given, the cap lifted
+    (("++generator.epochs=35",), 35),
+    (("generator.epochs=35", "dataset.max_generator_epochs=10"), 10),  # a cap given too: it still caps
+    (("generator.epochs=5",), 5),
+])
+def test_an_explicit_generator_epochs_lifts_the_default_datasets_epoch_cap(overrides, epochs):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from zsl_gen.cli.train import CONFIG_DIR, lift_default_epoch_cap
+    from zsl_gen.pipeline import describe_epochs, generator_epochs
+
+    GlobalHydra.instance().clear()  # an in-process zsl-train run may have left it initialised
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    lift_default_epoch_cap(cfg, list(overrides))
+    assert generator_epochs(cfg) == epochs
+    assert ("capped by dataset.max_generator_epochs" in describe_epochs(cfg)) == (epochs in (10, 30))
+
+
+def test_the_epochs_trained_are_logged_and_an_explicit_count_is_recorded_uncapped(tmp_path):
+    proc = zsl_train(tmp_path, *TINY, "selections=[paper]")
+    assert proc.returncode == 0, proc.stderr
+    assert "training on split=test (1440 training samples), 2 epochs" in proc.stdout + proc.stderr
+    config = read_results(tmp_path)["config"]
+    assert config["generator"]["epochs"] == 2 and config["dataset"]["max_generator_epochs"] is None
+
+
+def test_own_data_in_the_byo_format_trains_and_records_its_files_and_semantic_space(tmp_path):
+    """The README's "Your own data" command: `zsl-train dataset=byo data_dir=<dir> dataset.name=<name>`."""
+    from zsl_gen.data import make_synthetic, save_byo
+
+    raw = make_synthetic(n_classes=12, n_unseen=3, n_val_classes=2, semantic_dim=8, feature_dim=16,
+                         samples_per_class=20, seed=0)
+    raw.semantic_space = "w2v"
+    save_byo(raw, tmp_path / "my_dataset")
+    proc = zsl_train(tmp_path, "generator=eszsl", "dataset=byo", f"data_dir={tmp_path / 'my_dataset'}",
+                     "dataset.name=MINE")
+    assert proc.returncode == 0, proc.stderr
+    record = read_results(tmp_path)["dataset"]
+    assert record["name"] == "MINE" and record["semantic_space"] == "w2v" and record["format"] == "byo"
+    assert record["semantics_file"] == "semantics.npy" and record["semantic_key"] is None
+    assert sorted(Path(f).name for f in record["files"]) == sorted(
+        ["features.npy", "labels.npy", "semantics.npy", "classes.txt", "splits.json"])
+    assert all(len(digest) == 64 for digest in record["files"].values())

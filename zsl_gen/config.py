@@ -97,8 +97,39 @@ def check_generator_system(cfg: DictConfig) -> None:
                               f"{cfg.generator.get('name')})")
 
 
+# Fields each group's code reads: any other key there (`+generator.epoch=3`, as Hydra suggests for a typo)
+# would be ignored without a word.
+GROUP_FIELDS = {
+    "generator": ("name", "epochs", "syn_num", "system", "gammas_exp", "lambdas_exp"),
+    "classifier": ("epochs", "lr", "beta1", "batch_size", "weight_decay", "init", "drop_last", "precision",
+                   "calibration", "calibration_gammas"),
+}
+# Trainer arguments zsl-train passes itself (they would silently win over the config's)
+TRAINER_SET_BY_ZSL_TRAIN = {"max_epochs": "generator.epochs=<n>", "callbacks": None, "logger": "logger=<choice>",
+                            "enable_progress_bar": None, "default_root_dir": "hydra.run.dir=<dir>", "plugins": None}
+
+
+def check_known_fields(cfg: DictConfig) -> None:
+    """Refuse keys no code reads (``generator.epoch``) and trainer arguments zsl-train sets itself."""
+    import difflib
+
+    for group, fields in GROUP_FIELDS.items():
+        for key in cfg.get(group) or {}:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), fields, n=1)
+                hint = f"did you mean `{group}.{close[0]}`? " if close else ""
+                raise ConfigError(f"config field `{group}.{key}` is not a {group} setting and would be ignored; "
+                                  f"{hint}the {group} settings are {', '.join(fields)}")
+    for key in cfg.get("trainer") or {}:
+        if key in TRAINER_SET_BY_ZSL_TRAIN:
+            use = TRAINER_SET_BY_ZSL_TRAIN[key]
+            raise ConfigError(f"config field `trainer.{key}` is set by zsl-train itself and would be ignored; "
+                              + (f"use {use}" if use else "remove it"))
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Fail early, naming the field, on values that would otherwise break deep inside training."""
+    check_known_fields(cfg)
     _number(cfg, "seed", minimum=0, integer=True)
     _number(cfg, "eval_every", minimum=1, integer=True)
     if not isinstance(cfg.get("keep_freed_memory", True), bool):

@@ -78,6 +78,16 @@ def generator_epochs(cfg: DictConfig) -> int:
     return int(cfg.generator.epochs if cap is None else min(cfg.generator.epochs, cap))
 
 
+def describe_epochs(cfg: DictConfig) -> str:
+    """``"N epochs"``, saying so when ``dataset.max_generator_epochs`` cut the generator's schedule."""
+    epochs = generator_epochs(cfg)
+    if epochs == int(cfg.generator.epochs):
+        return f"{epochs} epochs"
+    return (f"{epochs} epochs: the {int(cfg.generator.epochs)}-epoch schedule capped by "
+            f"dataset.max_generator_epochs={epochs} (a generator.epochs given on the command line lifts the "
+            "dataset's default cap)")
+
+
 def calibration_gammas(cfg: DictConfig) -> tuple[float, ...]:
     """The γ values of calibrated stacking to evaluate: ``(0.0,)`` (none) unless ``classifier.calibration``."""
     c = cfg.classifier
@@ -357,9 +367,12 @@ def run_eszsl(cfg: DictConfig, data: ZSLData) -> CurveStack:
 
 
 def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
+    byo = any(Path(f).name == "splits.json" for f in raw.files)  # the .mat settings do not apply to it
     record: dict[str, Any] = {
         "name": raw.name, "kind": ds.kind, "semantic_space": raw.semantic_space,
-        "semantics_file": ds.get("semantics_file"), "semantic_key": ds.get("semantic_key"),
+        "format": "synthetic" if ds.kind == "synthetic" else "byo" if byo else "xlsa17",
+        "semantics_file": "semantics.npy" if byo else ds.get("semantics_file"),
+        "semantic_key": None if byo else ds.get("semantic_key"),
         "files": dict(raw.files), "n_classes": raw.n_classes, "n_seen": int(len(raw.seen_classes)),
         "n_unseen": int(len(raw.unseen_classes)), "feature_dim": int(raw.features.shape[1]),
         "semantic_dim": int(raw.semantics.shape[1]),
@@ -455,8 +468,8 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
             stacks[split] = run_eszsl(cfg, data)
         else:
             ckpt = resume.ckpt_path if split == resume.split else None
-            log.info("%s: training on split=%s (%d training samples)%s", cfg.generator.name, split,
-                     len(data.train_y), f", resuming from {ckpt}" if ckpt else "")
+            log.info("%s: training on split=%s (%d training samples), %s%s", cfg.generator.name, split,
+                     len(data.train_y), describe_epochs(cfg), f", resuming from {ckpt}" if ckpt else "")
             trained = train_generator(cfg, data, output_dir, ckpt, keep_loggers_open=split == splits[-1])
             stacks[split], system = trained.curves, trained.system
             open_loggers.extend(trained.open_loggers)

@@ -45,7 +45,18 @@ def check_eval_config(cfg: DictConfig) -> None:
             raise ConfigError(f"config field `{key}` must be true or false, got {cfg.get(key)!r}")
 
 
-def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
+def command_line_keys(group: str, overrides) -> set[str]:
+    """The fields of config group ``group`` that command-line overrides set (``classifier.epochs=3`` → ``epochs``)."""
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
+    return {k.split(".")[1] for k in keys if k.startswith(group + ".") and len(k.split(".")) > 1}
+
+
+def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[str] | frozenset = frozenset()) -> dict:
+    """Evaluate ``cfg.export`` on ``cfg.dataset``; write and return its results.
+
+    ``explicit_classifier``: the ``classifier`` fields given on the command line; with
+    ``classifier_from_export`` they keep their given values, every other field takes the export's.
+    """
     from zsl_gen.config import check_bf16_hardware, check_torch_device
     from zsl_gen.data import apply_feature_scaling, build_protocol
     from zsl_gen.errors import CheckpointError
@@ -62,10 +73,10 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
     syn_num = int(cfg.syn_num if cfg.syn_num is not None else meta.get("syn_num", 300))
     OmegaConf.update(cfg, "syn_num", syn_num)
     if cfg.classifier_from_export and meta.get("classifier"):
-        exported = {k: v for k, v in meta["classifier"].items() if k in cfg.classifier}
+        exported = {k: v for k, v in meta["classifier"].items() if k in cfg.classifier and k not in explicit_classifier}
         cfg.classifier = OmegaConf.merge(cfg.classifier, exported)
     check_bf16_hardware(cfg, device=str(cfg.device), fix=(
-        "add classifier_from_export=false classifier.precision=fp32" if cfg.classifier_from_export
+        "add classifier.precision=fp32" if cfg.classifier_from_export and "precision" not in explicit_classifier
         else "use classifier.precision=fp32"))
     raw = load_dataset(cfg.dataset)
     l2 = bool(meta["preprocessing"].get("semantics", {}).get("l2"))
@@ -119,7 +130,9 @@ def evaluate_export(cfg: DictConfig, output_dir: Path) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def eval_app(cfg: DictConfig) -> None:
     try:
-        evaluate_export(cfg, Path(HydraConfig.get().runtime.output_dir))
+        hydra_cfg = HydraConfig.get()
+        evaluate_export(cfg, Path(hydra_cfg.runtime.output_dir),
+                        command_line_keys("classifier", hydra_cfg.overrides.task))
     except ZSLGenError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

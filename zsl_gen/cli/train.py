@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from zsl_gen.errors import ZSLGenError
 
@@ -33,6 +33,7 @@ def train_app(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    lift_default_epoch_cap(cfg, hydra_cfg.overrides.task)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         (output_dir / "error.txt").unlink(missing_ok=True)  # a rerun into the same sweep dir
     try:
@@ -52,6 +53,21 @@ def train_app(cfg: DictConfig) -> float:
     if "val" in chosen:
         return float(chosen["val"]["val_scores"]["H"])
     return float(chosen["val_split"]["gzsl"]["H"]) if "val_split" in chosen else float("nan")
+
+
+def _overridden(key: str, overrides) -> bool:
+    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+
+
+def lift_default_epoch_cap(cfg: DictConfig, overrides) -> None:
+    """A ``generator.epochs`` given on the command line (or by a sweeper) is the number of epochs trained:
+    the cap a dataset config sets for its method-default schedules (``dataset.max_generator_epochs``: the
+    small simulated default set's 30) is lifted, unless the command line sets that cap too. The recorded
+    config then says ``max_generator_epochs: null``."""
+    if (cfg.dataset.get("max_generator_epochs") is not None and _overridden("generator.epochs", overrides)
+            and not _overridden("dataset.max_generator_epochs", overrides)):
+        with open_dict(cfg):
+            cfg.dataset.max_generator_epochs = None
 
 
 FAILED_JOBS: list[Path] = []  # this process's multirun failures, read by `main` for the exit status

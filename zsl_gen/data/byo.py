@@ -31,7 +31,7 @@ a seeded per-class hold-out (``load_byo(..., seed=0)``): 20% (at least one sampl
 or more) form ``test_seen``, the rest ``trainval``. With ``val_classes``, every sample of those classes
 forms ``val`` and the other seen-class samples form ``train`` (the xlsa17 convention
 ``train ∪ val = trainval ∪ test_seen``), which enables ``split=val``. Samples of classes listed in
-neither list are not used. ``save_byo`` writes the derived splits as index lists (form 2), which fixes
+neither list are not used (a warning counts them); a listed class without samples is an error. ``save_byo`` writes the derived splits as index lists (form 2), which fixes
 them independently of the seed.
 
 ``splits.json``, form 2: 0-based row indices into features.npy::
@@ -55,6 +55,7 @@ with ``zsl-data convert <xlsa17_dir> <byo_dir>``.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS, RawDataset
 from zsl_gen.data.validate import MAX_LISTED, Origin, require_file, validate_raw
 from zsl_gen.data.xlsa17 import write_att_splits, write_res101
 from zsl_gen.errors import DataError
+
+log = logging.getLogger(__name__)
 
 BYO_FILES = ("features.npy", "labels.npy", "semantics.npy", "classes.txt", "splits.json")
 _FIX = "see the bring-your-own format in the docstring of zsl_gen.data.byo"
@@ -159,6 +162,21 @@ def _locs_from_classes(splits: dict, labels: np.ndarray, names: list[str], path:
         return {}
     all_idx = np.arange(labels.size)
     in_range = (labels >= 0) & (labels < len(names))
+    counts = np.bincount(labels[in_range], minlength=len(names))
+    # (with labels out of range the validator's error about them comes first)
+    for key, ids in (("seen_classes", seen), ("unseen_classes", unseen)) if in_range.all() else ():
+        empty = ids[counts[ids] == 0]
+        if empty.size:
+            listed = ", ".join(repr(names[i]) for i in empty[:MAX_LISTED])
+            raise DataError(f"key '{key}' of {path} lists {empty.size} classes without a sample in labels.npy "
+                            f"({listed}); every seen class needs training and test samples and every unseen "
+                            "class test samples: remove them from the list, or add their samples")
+    unlisted = np.setdiff1d(np.flatnonzero(counts), np.union1d(seen, unseen))
+    if unlisted.size:
+        listed = ", ".join(f"{names[i]!r} ({counts[i]})" for i in unlisted[:MAX_LISTED])
+        log.warning("%s: %d classes with samples are in neither 'seen_classes' nor 'unseen_classes' (%s%s): "
+                    "their %d samples are not used", path, unlisted.size, listed,
+                    ", ..." if unlisted.size > MAX_LISTED else "", int(counts[unlisted].sum()))
     seen_idx = all_idx[in_range & np.isin(labels, seen)]
     trainval, test_seen = per_class_holdout(seen_idx, labels, float(frac), np.random.default_rng(seed))
     locs = {"trainval": trainval, "test_seen": test_seen,

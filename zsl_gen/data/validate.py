@@ -297,6 +297,9 @@ def check_nonnegative_features(raw: RawDataset, feature_scaling: str) -> None:
         )
 
 
+TEST_SPLIT_ONLY = "train the test split only (zsl-train selections=[paper]: no validation-selected numbers)"
+
+
 def check_val_split(raw: RawDataset) -> None:
     """``split="val"`` needs ``train``/``val`` locations with disjoint classes and no test-unseen class."""
     origin = origin_of(raw)
@@ -304,9 +307,11 @@ def check_val_split(raw: RawDataset) -> None:
     if missing:
         keys = " and ".join(f"'{n}_loc'" if origin.fmt == "xlsa17" else f"'{n}'" for n in missing)
         where = origin.splits_file or f"dataset '{raw.name}'"
+        add = ("add 'val_classes' (the validation classes: a subset of seen_classes) or the index lists "
+               "'train'/'val'" if origin.fmt == "byo" else "add the keys")
         raise DataError(
-            f"split=val needs {keys} in {where}, which has no such locations; use split=test, or add the "
-            "keys (train = the samples of the training classes, val = every sample of the validation classes)"
+            f"split=val needs {keys} in {where}, which has no such locations; {add} (train = the samples of the "
+            f"training classes, val = every sample of the validation classes), or {TEST_SPLIT_ONLY}"
         )
     labels = raw.labels
     tr = np.unique(labels[raw.locs["train"]])
@@ -316,7 +321,7 @@ def check_val_split(raw: RawDataset) -> None:
         raise DataError(
             f"{origin.loc('train')} and {origin.loc('val')} share {both.size} classes "
             f"({_names(raw.class_names, both)}); the validation classes must be disjoint from the training "
-            "classes: fix the locations, or use split=test"
+            f"classes: fix the locations, or {TEST_SPLIT_ONLY}"
         )
     unseen = raw.unseen_classes
     leak = np.intersect1d(np.union1d(tr, va), unseen)
@@ -324,5 +329,5 @@ def check_val_split(raw: RawDataset) -> None:
         raise DataError(
             f"{origin.loc('train')}/{origin.loc('val')} contain test-unseen classes "
             f"({_names(raw.class_names, leak)}); validation must not touch the test classes: fix the "
-            "locations, or use split=test"
+            f"locations, or {TEST_SPLIT_ONLY}"
         )
