@@ -3,7 +3,13 @@ one with `selections=[paper]` (split=test), e.g. run side by side on two cores o
 
 Both must be the same recipe on the same schedule (generator.epochs, eval_every): the `val` selection
 chooses the (epoch, classifier epoch, γ) on split=val and reads the test run once there, exactly as one
-`zsl-train selections=[paper,val]` run does (same function, `zsl_gen.eval.selection.select`).
+`zsl-train selections=[paper,val]` run does (same function, `zsl_gen.eval.selection.select`). Runs whose
+configs, method, seed, dataset (name, semantic space, file checksums) or protocol differ are refused.
+
+The combined record (``--out``) is a results.json of that one run, which ``zsl-report`` reads like any other:
+method, seed, dataset with its checksums, protocol, results, ``stopped_early``, the test run's config with
+``selections=[paper, val]``, the versions of the code that made the selection, and each run's path and
+versions (``runs``).
 
 Usage: python scripts/combine_split_runs.py <val run dir> <test run dir> [--out combined.json]
 """
@@ -19,6 +25,10 @@ from omegaconf import OmegaConf
 
 from zsl_gen.errors import ZSLGenError
 from zsl_gen.eval.selection import CurveStack, select
+from zsl_gen.results import utc_now, versions, write_json_atomic
+
+# the fields of a run's results.json that the combined record is made of
+RECORD_FIELDS = ("method", "seed", "dataset", "protocol", "config", "versions")
 
 
 def split_record(run: Path, split: str) -> dict:
@@ -27,6 +37,22 @@ def split_record(run: Path, split: str) -> dict:
         raise ZSLGenError(f"{path}: missing; {run} is not a finished zsl-train run with split={split} "
                           f"(selections={'[val_split]' if split == 'val' else '[paper]'})")
     return json.loads(path.read_text())
+
+
+def run_record(run: Path) -> dict:
+    """A run's ``results.json``, with the fields the combined record takes from it."""
+    path = run / "results.json"
+    if not path.is_file():
+        raise ZSLGenError(f"{path}: missing; {run} is not a finished zsl-train run (rerun it to the end)")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ZSLGenError(f"{path}: not valid JSON ({err}); rerun that job") from None
+    missing = [field for field in RECORD_FIELDS if not isinstance(record, dict) or field not in record]
+    if missing:
+        raise ZSLGenError(f"{path}: no {', '.join(missing)}; not a zsl-train results.json (give zsl-train run "
+                          "directories)")
+    return record
 
 
 # what may differ between the two jobs: which split they ran, where, and how they were resumed or logged
@@ -49,6 +75,50 @@ def config_differences(val_run: Path, test_run: Path) -> list[str]:
     return [f"{k}: {flat[0][k]!r} != {flat[1][k]!r}" for k in keys if flat[0][k] != flat[1][k]]
 
 
+def record_differences(val: dict, test: dict) -> list[str]:
+    """``field: a != b`` where the two results.json disagree on method, seed, dataset or protocol (apart from
+    the split each ran). Data files are compared by their checksums: the same files may sit at other paths."""
+
+    def comparable(record: dict) -> dict:
+        dataset = {**record["dataset"], "files": sorted((record["dataset"].get("files") or {}).values())}
+        protocol = {k: v for k, v in record["protocol"].items() if k not in ("selections", "splits_run")}
+        return dict(_flatten({"method": record["method"], "seed": record["seed"], "dataset": dataset,
+                              "protocol": protocol}))
+
+    a, b = comparable(val), comparable(test)
+    return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def combined_record(val_run: Path, test_run: Path, runs: dict, splits: dict, stopped: set, results: dict) -> dict:
+    """The results.json of the one run the two jobs make (see the module docstring) from each split's
+    results.json (``runs``) and ``splits/<split>.json`` (``splits``)."""
+    val, test = runs["val"], runs["test"]
+    return {
+        "created": utc_now(), "method": test["method"], "seed": test["seed"], "dataset": test["dataset"],
+        "protocol": {**test["protocol"], "selections": ["paper", "val"], "splits_run": ["val", "test"]},
+        "results": results,
+        "warnings": [*val.get("warnings", []), *test.get("warnings", [])],
+        "stopped_early": {split: splits[split]["stopped"] for split in sorted(stopped)},
+        "generator_export": test.get("generator_export"), "device": test.get("device"),
+        "config": {**test["config"], "selections": ["paper", "val"]},
+        "versions": versions(),  # the code that made the selection; each run's own below
+        "runs": {split: {"path": str(run), "created": runs[split].get("created"),
+                         "versions": runs[split]["versions"]} for split, run in (("val", val_run), ("test", test_run))},
+        "val_run": str(val_run), "test_run": str(test_run), "stopped": sorted(stopped),
+    }
+
+
+def out_problem(out: Path) -> str | None:
+    """Why ``--out`` cannot be written (a directory, or below a file), or None."""
+    if out.is_dir():
+        return f"--out {out}: is a directory; give a file path, e.g. {out / 'combined.json'}"
+    for parent in out.parents:
+        if parent.exists():
+            return None if parent.is_dir() else (f"--out {out}: {parent} is a file, not a directory; give a "
+                                                 "path in a directory")
+    return None
+
+
 def _flatten(node, prefix: str = ""):
     if isinstance(node, dict):
         for key, value in node.items():
@@ -61,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("val_run", type=Path)
     p.add_argument("test_run", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="write the combined selections here (JSON)")
+    p.add_argument("--out", type=Path, default=None, help="write the combined results.json here (JSON)")
     args = p.parse_args(argv)
     try:
+        if args.out is not None and (problem := out_problem(args.out)):
+            raise ZSLGenError(problem)
         records = {"val": split_record(args.val_run, "val"), "test": split_record(args.test_run, "test")}
+        runs = {"val": run_record(args.val_run), "test": run_record(args.test_run)}
         differ = config_differences(args.val_run, args.test_run)
+        differ += [d for d in record_differences(runs["val"], runs["test"]) if d not in differ]
         if differ:
             raise ZSLGenError(f"the two runs are not the same recipe: {'; '.join(differ[:6])}"
                               f"{' …' if len(differ) > 6 else ''}")
@@ -73,17 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         stacks = {split: CurveStack.from_dict(record) for split, record in records.items()}
         paper = OmegaConf.load(args.test_run / ".hydra" / "config.yaml").get("paper_selection", "best")
         results = select(stacks, ["paper", "val"], stopped=stopped, paper=paper)
-    except (ZSLGenError, OSError, ValueError, KeyError) as err:
+        out = combined_record(args.val_run, args.test_run, runs, records, stopped, results)
+        for name, r in results.items():
+            g, chosen = r["gzsl"], r["gzsl_chosen"]
+            print(f"{name:6s} S {g['S']:6.2f}  U {g['U']:6.2f}  H {g['H']:6.2f}  T1 {r['zsl']['T1']:6.2f}   "
+                  f"epoch {chosen['epoch']} (chosen on {r['chosen_on']})")
+        if args.out:
+            write_json_atomic(args.out, out)
+    except (ZSLGenError, OSError, ValueError, KeyError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = {"val_run": str(args.val_run), "test_run": str(args.test_run), "stopped": sorted(stopped),
-           "results": results}
-    for name, r in results.items():
-        g, chosen = r["gzsl"], r["gzsl_chosen"]
-        print(f"{name:6s} S {g['S']:6.2f}  U {g['U']:6.2f}  H {g['H']:6.2f}  T1 {r['zsl']['T1']:6.2f}   "
-              f"epoch {chosen['epoch']} (chosen on {r['chosen_on']})")
-    if args.out:
-        args.out.write_text(json.dumps(out, indent=2))
     return 0
 
 

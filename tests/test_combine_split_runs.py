@@ -1,10 +1,12 @@
 """scripts/combine_split_runs.py: the `val` selection of a split=val job and a split=test job run apart equals
-one run of both splits; runs of different recipes are refused."""
+one run of both splits, in a results.json zsl-report reads; runs of different recipes are refused."""
 
 from __future__ import annotations
 
+import csv
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,6 +41,31 @@ def test_two_split_jobs_combine_to_the_numbers_of_one_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"H {one_run['val']['gzsl']['H']:6.2f}" in printed
 
+    # the combined record is a results.json of that one run: what every result file records
+    record = json.loads(out.read_text())
+    both = json.loads((tmp_path / "both" / "run" / "results.json").read_text())
+    for field in ("method", "seed", "dataset"):
+        assert record[field] == both[field], field
+    assert record["dataset"]["arrays_sha256"] == both["dataset"]["arrays_sha256"]
+    assert record["protocol"] == both["protocol"] and record["stopped_early"] == both["stopped_early"] == {}
+    bookkeeping = ("paths", "logger")
+    assert ({k: v for k, v in record["config"].items() if k not in bookkeeping}
+            == {k: v for k, v in both["config"].items() if k not in bookkeeping})
+    assert record["versions"]["zsl_gen"] == both["versions"]["zsl_gen"]
+    assert record["runs"]["val"]["path"] == str(tmp_path / "val" / "run") and "versions" in record["runs"]["test"]
+    # zsl-report reads it, with the numbers of the one run; beside that run it is the same seed of the same
+    # setting, refused rather than counted twice
+    from zsl_gen.cli.report import main as report
+
+    report([str(out), "--csv", str(tmp_path / "r.csv")])
+    rows = {r["selection"]: r for r in csv.DictReader((tmp_path / "r.csv").open())}
+    assert set(rows) == {"paper", "val"} and rows["val"]["n"] == "1" and rows["val"]["seeds"] == "0"
+    assert float(rows["val"]["H_mean"]) == pytest.approx(one_run["val"]["gzsl"]["H"], abs=1e-4)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        report([str(out), str(tmp_path / "both" / "run")])
+    assert "the same setting with the same seed 0" in capsys.readouterr().err
+
     # another recipe (here: another seed) is refused, naming the field
     other = zsl_train(tmp_path / "other", *args, "selections=[paper]", "seed=7")
     assert other.returncode == 0, other.stderr[-2000:]
@@ -48,3 +75,28 @@ def test_two_split_jobs_combine_to_the_numbers_of_one_run(tmp_path, capsys):
     # a run without the split
     assert combine(str(tmp_path / "test" / "run"), str(tmp_path / "test" / "run")) == 2
     assert "splits/val.json: missing" in capsys.readouterr().err
+
+    # runs on other data (the same config) are refused, naming the checksum; a run without results.json too
+    shutil.copytree(tmp_path / "val" / "run", tmp_path / "val_other_data")
+    results = tmp_path / "val_other_data" / "results.json"
+    edited = json.loads(results.read_text())
+    edited["dataset"]["arrays_sha256"] = "0" * 64
+    results.write_text(json.dumps(edited))
+    assert combine(str(tmp_path / "val_other_data"), str(tmp_path / "test" / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the two runs are not the same recipe: dataset.arrays_sha256: '000") and (
+        len(err.strip().splitlines()) == 1)
+    results.unlink()
+    assert combine(str(tmp_path / "val_other_data"), str(tmp_path / "test" / "run")) == 2
+    assert "val_other_data/results.json: missing" in capsys.readouterr().err
+
+
+def test_an_out_path_that_cannot_be_a_file_is_one_error_line_before_any_work(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    # the runs do not exist: --out is checked first
+    for out, message in ((tmp_path, f"--out {tmp_path}: is a directory; give a file path"),
+                         (tmp_path / "a_file" / "sub" / "c.json", f"{tmp_path / 'a_file'} is a file, not a directory")):
+        assert combine(str(tmp_path / "nowhere_val"), str(tmp_path / "nowhere_test"), "--out", str(out)) == 2
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err

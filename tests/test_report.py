@@ -91,3 +91,97 @@ def test_a_run_named_twice_counts_once_and_a_directory_output_is_refused(tmp_pat
         main([str(tmp_path / "run"), "--md", str(tmp_path)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"--md {tmp_path}: is a directory" in err, err
+
+
+# ---- one row per setting: runs whose configs differ beyond the seed are not averaged -----------------------------
+def train_config(run, *, seed, epochs=1, lr=0.001):
+    """The parts of a zsl-train results.json `config` the grouping reads: settings and bookkeeping."""
+    return {"task_name": "train", "seed": seed, "data_dir": f"{run}/data", "selections": ["paper", "val"],
+            "ckpt_path": None, "eval_every": 1, "keep_freed_memory": True,
+            "generator": {"name": "cvae", "epochs": epochs, "system": {"lr": lr}},
+            "trainer": {"accelerator": "cpu", "log_every_n_steps": 10},
+            "logger": {"csv": {"save_dir": str(run)}}, "paths": {"output_dir": str(run)}}
+
+
+def write_run(path, *, seed, h=50.0, files=None, **config):
+    """A results.json with a recorded config (output paths, data paths and seed of this run) and checksums."""
+    write_result(path, seed=seed, h=h)
+    record = json.loads((path / "results.json").read_text())
+    record["config"] = train_config(path, seed=seed, **config)
+    record["dataset"]["files"] = files or {f"{path}/data/res101.mat": "aa" * 32, f"{path}/data/att.mat": "bb" * 32}
+    (path / "results.json").write_text(json.dumps(record))
+
+
+def test_runs_of_one_setting_average_over_seeds(tmp_path, capsys):
+    # seeds 0 and 1 of one setting, written to other directories (output dirs, data dir, logger differ)
+    write_run(tmp_path / "multi" / "0", seed=0, h=40.0)
+    write_run(tmp_path / "elsewhere" / "1", seed=1, h=60.0)
+    main([str(tmp_path / "multi"), str(tmp_path / "elsewhere"), "--csv", str(tmp_path / "r.csv")])
+    out = capsys.readouterr().out
+    assert "| CUB | cvae | att | val | 2 | 58.00 ± 0.00 | 38.00 ± 0.00 | 50.00 ± 14.14 | 60.00 ± 0.00 |" in out
+    assert "setting" not in out  # one setting: no label column
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert len(rows) == 2 and {r["seeds"] for r in rows} == {"0 1"} and {r["setting"] for r in rows} == {""}
+
+
+def test_runs_of_other_settings_are_separate_labelled_rows(tmp_path, capsys):
+    # `zsl-train -m generator.epochs=1,2`: one seed of each, not n=2 over two settings
+    write_run(tmp_path / "multi" / "0", seed=0, h=40.0, epochs=1)
+    write_run(tmp_path / "multi" / "1", seed=0, h=60.0, epochs=2)
+    write_run(tmp_path / "multi" / "2", seed=1, h=50.0, epochs=2)
+    main([str(tmp_path / "multi"), "--csv", str(tmp_path / "r.csv")])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("| T1 | setting |")
+    assert "| CUB | cvae | att | val | 1 | 58.00 ± 0.00 | 38.00 ± 0.00 | 40.00 ± 0.00 | 60.00 ± 0.00 | generator.epochs=1 |" in out
+    assert "| CUB | cvae | att | val | 2 | 58.00 ± 0.00 | 38.00 ± 0.00 | 55.00 ± 7.07 | 60.00 ± 0.00 | generator.epochs=2 |" in out
+    rows = [r for r in csv.DictReader((tmp_path / "r.csv").open()) if r["selection"] == "val"]
+    assert [(r["setting"], r["n"], r["seeds"], r["H_mean"]) for r in rows] == [
+        ("generator.epochs=1", "1", "0", "40.0000"), ("generator.epochs=2", "2", "0 1", "55.0000")]
+
+
+def test_labels_name_every_differing_key_and_other_data(tmp_path, capsys):
+    write_run(tmp_path / "a", seed=0, epochs=1, lr=0.001)
+    write_run(tmp_path / "b", seed=0, epochs=2, lr=0.0003)
+    write_run(tmp_path / "c", seed=0, epochs=1, lr=0.001, files={"/x/res101.mat": "cc" * 32})  # other files
+    main([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c")])
+    out = capsys.readouterr().out
+    assert ", generator.epochs=2, generator.system.lr=0.0003 |" in out
+    labels = [line.rsplit("|", 2)[1].strip() for line in out.splitlines() if "| val |" in line]
+    assert len(labels) == 3 and len(set(labels)) == 3 and all("data_sha256=" in lab for lab in labels), labels
+
+
+def test_a_zsl_eval_of_a_runs_generator_is_another_setting(tmp_path, capsys):
+    write_run(tmp_path / "train", seed=0)
+    write_result(tmp_path / "eval", seed=3483)
+    record = json.loads((tmp_path / "eval" / "results.json").read_text())
+    record["results"] = {"paper": record["results"]["paper"], "last": record["results"]["paper"]}
+    record["config"] = {"task_name": "eval", "export": str(tmp_path / "train" / "generator"), "seed": 3483,
+                        "syn_num": 300, "classifier": {"epochs": 25}, "paths": {"output_dir": str(tmp_path / "eval")}}
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(record))
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| CUB | cvae | att | paper (optimistic) | 1 |" in out and "| 2 |" not in out
+    assert "| task_name=train |" in out and "| task_name=eval |" in out
+
+
+@pytest.mark.parametrize("seeds", [(0, 0), (3, 3)])
+def test_the_same_setting_and_seed_twice_is_refused_naming_both_files(tmp_path, capsys, seeds):
+    write_run(tmp_path / "run", seed=seeds[0])
+    write_run(tmp_path / "copy", seed=seeds[1])  # a copy of the run (its paths differ: bookkeeping)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "run"), str(tmp_path / "copy"), "--md", str(tmp_path / "r.md")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1, lines
+    assert str(tmp_path / "run" / "results.json") in lines[0] and str(tmp_path / "copy" / "results.json") in lines[0]
+    assert f"the same setting with the same seed {seeds[0]}" in lines[0] and "pass only one of them" in lines[0]
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_a_damaged_config_is_one_line_naming_the_field(tmp_path, capsys):
+    write_run(tmp_path / "run", seed=0)
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    record["config"] = [1]
+    (tmp_path / "run" / "results.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run")])
+    assert "results.json: `config` is not a mapping" in capsys.readouterr().err

@@ -3,15 +3,27 @@
     zsl-report outputs/train/multiruns/2026-11-22_10-00-00 [more dirs or results.json files]
         [--md report.md] [--csv report.csv]
 
-Rows are grouped by (dataset, method, semantic space, selection); each cell is the mean ± sample
-standard deviation over the seeds found (``n`` says how many, and how many of them stopped early because
-their training diverged: their numbers come from the epochs before it).
+Each row is one setting: the mean ± sample standard deviation over its seeds (``n`` says how many, and how
+many of them stopped early because their training diverged: their numbers come from the epochs before it).
+Rows are grouped by (dataset, method, semantic space, selection) and by the run's setting: its recorded
+``config`` less the keys that say where or how a run was written rather than what it computed
+(``BOOKKEEPING``: the seed, output and data paths, loggers, resuming, memory tuning, which selections were
+reported), plus the checksums of its data files (so the same files at two paths are one setting, other files
+under one dataset name are not: ``data_sha256``). Every other key is part of the setting — when in doubt
+a key is, since a row split in two is visible and a wrong average is not: runs of ``generator.epochs=1,2``
+are two rows, and so are a ``zsl-train`` run and a ``zsl-eval`` of its generator (``task_name`` and the keys
+of each command differ). Settings that share (dataset, method, semantics) are labelled with the config keys
+that tell them apart (``generator.epochs=1``; ``~key``: a key the setting lacks), in a ``setting`` column.
+The same setting with the same seed twice (a run copied or given under two paths, or rerun) would be one
+run counted as two seeds: it is refused, naming both files. A ``zsl-eval`` row's seed is zsl-eval's own
+(synthesis and final classifier) on one exported generator, named by ``export``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -20,13 +32,21 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from zsl_gen.cli.common import report_user_errors
-from zsl_gen.errors import DataError
+from zsl_gen.cli.common import check_output_path, report_user_errors
+from zsl_gen.errors import ConfigError, DataError
 
 METRICS = ("S", "U", "H", "T1")
 KEY_FIELDS = ("dataset", "method", "semantics", "selection")
 # the training runs each selection's numbers depend on (zsl-eval's selections use the exported test run)
 SPLITS_USED = {"paper": {"test"}, "val": {"val", "test"}, "val_split": {"val"}}
+# Top-level config keys that do not change a result's numbers: where the run and its data were (the data
+# enter the setting by their checksums), its loggers, resuming (``ckpt_path`` continues the same run),
+# which selections it reported (each selection's numbers are the same whatever else was reported), and
+# settings that change speed or memory but not the numbers, or only whether a diverged run writes results.
+BOOKKEEPING = ("seed", "paths", "data_dir", "logger", "hydra", "ckpt_path", "selections", "on_divergence",
+               "keep_freed_memory", "offload_optimizer_state_mb", "allow_slow_bf16")
+BOOKKEEPING_LEAVES = ("trainer.log_every_n_steps", "trainer.enable_model_summary")  # what is logged, not run
+MAX_LABEL_KEYS = 6  # a Markdown label names at most this many keys (the CSV names them all)
 
 
 def find_results(paths: Iterable[Path]) -> list[Path]:
@@ -48,8 +68,35 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
     return list(unique.values())
 
 
+def setting_of(record: dict[str, Any], path: Path) -> dict[str, str]:
+    """The setting a result was computed with: dotted config key -> its value as JSON, less ``BOOKKEEPING``,
+    plus ``data_sha256`` (a digest of the dataset's file checksums) where the record has them. A record
+    without ``config`` (written by hand) has only the data's key."""
+    config = record.get("config", {})
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: `config` is not a mapping; the file was edited or damaged: rerun the job or "
+                        "remove the file")
+    setting = {key: json.dumps(value, sort_keys=True)
+               for key, value in _flatten({k: v for k, v in config.items() if k not in BOOKKEEPING})
+               if key not in BOOKKEEPING_LEAVES}
+    dataset = record["dataset"]
+    sums = sorted((dataset.get("files") or {}).values()) + [dataset.get("arrays_sha256") or ""]
+    if any(sums):  # file paths left out: the same files read from another directory are the same data
+        setting["data_sha256"] = json.dumps(hashlib.sha256(json.dumps(sums).encode()).hexdigest()[:12])
+    return setting
+
+
+def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, leaf) pairs of nested mappings; lists are leaves."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    elif prefix:
+        yield prefix[:-1], node
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """One row per selection of one results.json."""
+    """One row per selection of one results.json (with the file's ``path`` and ``setting``)."""
     try:
         record = json.loads(path.read_text())
         rows = []
@@ -59,12 +106,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                             "pass only zsl-train run directories")
         if not record["results"]:
             raise DataError(f"{path}: `results` holds no selection; rerun the job or remove the file")
+        setting = setting_of(record, path)
         for selection, res in record["results"].items():
             rows.append({"dataset": record["dataset"]["name"], "method": record["method"],
                          "semantics": record["dataset"]["semantic_space"], "selection": selection,
                          "seed": record["seed"], **{m: res["gzsl"][m] for m in "SUH"}, "T1": res["zsl"]["T1"],
                          "optimistic": bool(res.get("optimistic", selection == "paper")),
-                         "stopped_early": bool(stopped & SPLITS_USED.get(selection, {"test"}))})
+                         "stopped_early": bool(stopped & SPLITS_USED.get(selection, {"test"})),
+                         "path": str(path), "setting": setting})
             for field in (*METRICS, "seed"):
                 value = rows[-1][field]
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
@@ -90,15 +139,61 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def _key(setting: dict[str, str]) -> tuple:
+    return tuple(sorted(setting.items()))
+
+
+def setting_labels(settings: list[dict[str, str]]) -> dict[tuple, list[str]]:
+    """For the settings of one (dataset, method, semantics): ``key=value`` items that tell each apart from
+    the others. Keys all of them have come first; keys only some have (``~key`` where a setting lacks it) only
+    where those do not already tell two settings apart. One setting alone: no label."""
+    unique = {_key(s): s for s in settings}
+    if len(unique) < 2:
+        return {key: [] for key in unique}
+    shared = set.intersection(*(set(s) for s in unique.values()))
+    differ = sorted(k for k in shared if len({s[k] for s in unique.values()}) > 1)
+    base = {key: tuple(f"{k}={_show(s[k])}" for k in differ) for key, s in unique.items()}
+    labels = {}
+    for key, s in unique.items():
+        twins = [t for other, t in unique.items() if base[other] == base[key]]
+        partial = sorted({k for t in twins for k in t} - shared)
+        extra = [k for k in partial if len({t.get(k) for t in twins}) > 1]
+        labels[key] = [*base[key], *(f"{k}={_show(s[k])}" if k in s else f"~{k}" for k in extra)]
+    return labels
+
+
+def _show(value: str) -> str:
+    """A config value as on the command line: strings bare, the rest as JSON."""
+    loaded = json.loads(value)
+    return loaded if isinstance(loaded, str) else json.dumps(loaded, separators=(",", ":"))
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group rows by KEY_FIELDS; mean and std of each metric and the seeds seen."""
+    """Group rows by KEY_FIELDS and setting; mean and std of each metric over the seeds, and the seeds seen.
+    A seed seen twice in one group is a ``DataError`` naming both files."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    families: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
-        groups[tuple(row[k] for k in KEY_FIELDS)].append(row)
+        setting = row.get("setting") or {}
+        groups[(*(row[k] for k in KEY_FIELDS), _key(setting))].append(row)
+        families[tuple(row[k] for k in KEY_FIELDS[:3])].append(setting)
+    labels = {family: setting_labels(settings) for family, settings in families.items()}
     table = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] != "val", k[3])):
+    for key in groups:
         members = groups[key]
-        entry: dict[str, Any] = dict(zip(KEY_FIELDS, key))
+        label = labels[key[:3]][key[4]]
+        seen: dict[Any, str] = {}
+        for m in members:
+            path = m.get("path", "?")
+            if m["seed"] in seen:
+                what = f"setting {', '.join(label)}" if label else "setting"
+                raise DataError(
+                    f"{seen[m['seed']]} and {path}: the same {what} with the same seed {m['seed']} (one run given "
+                    "twice, copied or rerun, or a combined.json with one of its runs), not two seeds; pass only "
+                    "one of them")
+            seen[m["seed"]] = path
+        entry: dict[str, Any] = dict(zip(KEY_FIELDS, key[:4]))
+        entry["setting"] = label
         entry["n"] = len(members)
         entry["seeds"] = sorted({m["seed"] for m in members})
         entry["stopped_early"] = sum(bool(m.get("stopped_early")) for m in members)
@@ -106,12 +201,16 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in METRICS:
             entry[metric] = mean_std([float(m[metric]) for m in members])
         table.append(entry)
+    table.sort(key=lambda e: (e["dataset"], e["method"], e["semantics"], e["selection"] != "val", e["selection"],
+                              e["setting"]))
     return table
 
 
 def to_markdown(table: list[dict[str, Any]]) -> str:
-    head = "| dataset | method | semantics | selection | n | S | U | H | T1 |"
-    lines = [head, "|" + "---|" * 9]
+    """The table in Markdown; a ``setting`` column is added where settings of one method need telling apart."""
+    labelled = any(e.get("setting") for e in table)
+    head = "| dataset | method | semantics | selection | n | S | U | H | T1 |" + (" setting |" if labelled else "")
+    lines = [head, "|" + "---|" * (9 + labelled)]
     for e in table:
         cells = [f"{e[m][0]:.2f} ± {e[m][1]:.2f}" for m in METRICS]
         optimistic = e.get("optimistic", 0)
@@ -119,19 +218,23 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
                                   f" (optimistic in {optimistic} of {e['n']})" if optimistic else
                                   " (scores on split=val)" if e["selection"] == "val_split" else "")
         n = f"{e['n']}" + (f" ({e['stopped_early']} stopped early)" if e.get("stopped_early") else "")
+        items = e.get("setting") or []
+        setting = ", ".join(items[:MAX_LABEL_KEYS]) + (f", … (+{len(items) - MAX_LABEL_KEYS} keys: see the CSV)"
+                                                        if len(items) > MAX_LABEL_KEYS else "")
         lines.append(f"| {e['dataset']} | {e['method']} | {e['semantics']} | {label} | {n} | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(cells) + " |" + (f" {setting} |" if labelled else ""))
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: list[dict[str, Any]]) -> str:
+    """The table as CSV; ``setting`` (last column) holds the label's ``key=value`` items, ``; ``-separated."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow([*KEY_FIELDS, "n", "seeds", "stopped_early"]
-                    + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
+                    + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["setting"])
     for e in table:
         writer.writerow([*(e[k] for k in KEY_FIELDS), e["n"], " ".join(map(str, e["seeds"])), e.get("stopped_early", 0)]
-                        + [f"{v:.4f}" for m in METRICS for v in e[m]])
+                        + [f"{v:.4f}" for m in METRICS for v in e[m]] + ["; ".join(e.get("setting") or [])])
     return buf.getvalue()
 
 
@@ -143,8 +246,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", type=Path, help="write the CSV table here")
     args = parser.parse_args(argv)
     for flag, target in (("--md", args.md), ("--csv", args.csv)):
-        if target is not None and target.is_dir():
-            parser.error(f"{flag} {target}: is a directory; give a file path, e.g. {target / 'report.md'}")
+        try:
+            if target is not None:
+                check_output_path(target, flag, directory=False)
+        except ConfigError as err:
+            parser.error(str(err))
     files = find_results(args.paths)
     table = aggregate([row for f in files for row in read_rows(f)])
     markdown = to_markdown(table)
