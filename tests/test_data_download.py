@@ -177,6 +177,9 @@ def test_offline_error_says_how_to_install_by_hand(tmp_path):
     assert_user_error(ei, f"{url}/xlsa17.zip", "refused", "by hand", str(tmp_path / "xlsa17.zip"),
                       "xlsa17/data/AWA2/res101.mat", "xlsa17/data/AWA2/att_splits.mat",
                       str(tmp_path / "AWA2"))
+    with pytest.raises(DownloadError):  # a download directory it had to create is not left behind, empty
+        download_dataset("AWA2", tmp_path / "data", url=url, progress=False, timeout=5)
+    assert not (tmp_path / "data").exists()
 
 
 def test_http_error(tmp_path, server):

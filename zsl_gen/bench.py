@@ -1027,9 +1027,15 @@ def main(argv: list[str] | None = None) -> None:
             compose_config(methods[0], datasets[0], precisions[0], list(args.override))
         except Exception as err:  # Hydra's override and config errors have many types
             p.error(f"--override {' '.join(args.override)}: {str(err).splitlines()[0]}")
+    from zsl_gen.cli.common import check_output_path
+    from zsl_gen.errors import ConfigError
+
     for flag, path in (("--out", Path(args.out)), ("--md", Path(args.md) if args.md else None)):
-        if path is not None and path.is_dir():
-            p.error(f"{flag} {path}: is a directory; give a file path, e.g. {path / 'bench.json'}")
+        try:  # before the first case runs, not after the whole benchmark
+            if path is not None:
+                check_output_path(path, flag, directory=False)
+        except ConfigError as err:
+            p.error(str(err))
     machine = machine_info(args.device)
     print(f"zsl-bench on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
           f"load {machine['load_avg'][0]:.2f}", flush=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsl_gen.cli.common import report_user_errors
+from zsl_gen.cli.common import check_output_path, report_user_errors
 from zsl_gen.data import (
     RawDataset,
     download_dataset,
@@ -138,8 +138,7 @@ def _simulate(args) -> None:
 
 
 def _check_output_dir(path: Path, what: str) -> None:
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{what} {path} is a file; give a directory (it is created if missing)")
+    check_output_path(path, what, directory=True)
 
 
 def _load(args, path: Path) -> RawDataset:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsl_gen.cli.common import report_user_errors
+from zsl_gen.cli.common import check_output_path, report_user_errors
 from zsl_gen.data._io import temp_dir_beside
 from zsl_gen.errors import ConfigError, DataError
 
@@ -126,10 +126,9 @@ OUTPUT_FILES = frozenset({"features.npy", "labels.npy", "semantics.npy", "classe
 def check_output_dir(out: Path) -> None:
     """``out`` must be new, empty, or an earlier zsl-synthesize output (which is then replaced): never a
     directory holding anything else, and never the working directory or one above it."""
+    check_output_path(out, "out=", directory=True)
     if not out.exists():
         return
-    if not out.is_dir():
-        raise ConfigError(f"out={out}: exists and is a file; give a directory path (it is created)")
     resolved, cwd = out.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise ConfigError(f"out={out}: is the working directory or holds it; give a new directory, e.g. "

@@ -269,6 +269,7 @@ def download_dataset(
     if all((target / f).is_file() for f in src.files):
         _verify(target, src, None)
         return target
+    created = not dest_dir.exists()
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -276,7 +277,12 @@ def download_dataset(
                             "writable directory") from err
     archive = dest_dir / src.archive
     if not archive.is_file():
-        _fetch(archive_url(src.archive, url), archive, src, progress=progress, timeout=timeout)
+        try:
+            _fetch(archive_url(src.archive, url), archive, src, progress=progress, timeout=timeout)
+        except BaseException:
+            if created and not any(dest_dir.iterdir()):  # nothing fetched (offline): leave no empty directory
+                dest_dir.rmdir()
+            raise
     _extract(archive, src)
     _verify(target, src, archive)
     if not keep_archive:
