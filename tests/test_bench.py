@@ -215,6 +215,16 @@ def test_bad_arguments_are_usage_errors_before_any_case_runs(tmp_path, capsys, a
     assert stop.value.code == 2 and f"zsl-bench: error: {message}" in err, err
 
 
+def test_an_output_below_a_file_is_refused_before_the_benchmark_runs(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        main(["--device", "cpu", "--tiny", "--methods", "cvae", "--datasets", "CUB",
+              "--out", str(tmp_path / "afile" / "bench.json")])
+    captured = capsys.readouterr()
+    assert stop.value.code == 2 and f"{tmp_path / 'afile'} is a file, not a directory" in captured.err
+    assert "zsl-bench on" not in captured.out  # refused before the machine is even described
+
+
 def test_the_simulation_cache_is_keyed_by_its_source(tmp_path):
     from zsl_gen.bench import load_raw_cached
 

@@ -205,3 +205,15 @@ def test_byo_index_beyond_int64_and_a_bom_are_handled(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["info", str(tmp_path / "d")])
     assert stop.value.code == 2 and "row indices out of range" in capsys.readouterr().err
+
+
+def test_output_directories_below_a_file_are_one_line(xlsa17_dir, tmp_path, capsys):
+    src, _ = xlsa17_dir
+    (tmp_path / "afile").write_text("x")
+    for argv in (["simulate", "--att-splits", str(src / "att_splits.mat"), "--out", str(tmp_path / "afile" / "sim")],
+                 ["convert", str(src), str(tmp_path / "afile" / "byo")]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"{tmp_path / 'afile'} is a file, not a directory" in err, err
+        assert err.count("\n") == 1 and "Traceback" not in err

@@ -91,6 +91,12 @@ def test_a_run_named_twice_counts_once_and_a_directory_output_is_refused(tmp_pat
         main([str(tmp_path / "run"), "--md", str(tmp_path)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"--md {tmp_path}: is a directory" in err, err
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "run"), "--csv", str(tmp_path / "afile" / "report.csv")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"{tmp_path / 'afile'} is a file, not a directory" in err, err
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 # ---- one row per setting: runs whose configs differ beyond the seed are not averaged -----------------------------

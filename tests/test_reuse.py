@@ -485,6 +485,8 @@ def test_synthesize_never_deletes_what_it_did_not_write(trained, new_classes, tm
     (tmp_path / "afile").write_text("x")
     code, _, stderr = synthesize(*common, f"out={tmp_path / 'afile'}")
     assert code == 2 and "exists and is a file" in stderr and (tmp_path / "afile").read_text() == "x"
+    code, _, stderr = synthesize(*common, f"out={tmp_path / 'afile' / 'sub'}")
+    assert code == 2 and f"{tmp_path / 'afile'} is a file, not a directory" in stderr, stderr
     # an earlier output, or an empty directory, is replaced
     out = tmp_path / "syn"
     assert synthesize(*common, f"out={out}")[0] == 0
