@@ -218,6 +218,21 @@ def test_load_raw_finds_nothing(tmp_path):
     assert_user_error(ei, "does not exist", "looked for")
 
 
+def test_missing_files_advice_fits_the_file_and_the_dataset(tmp_path):
+    res, att = tiny_payloads()
+    root = write_xlsa17(tmp_path / "CUB", res, att)
+    with pytest.raises(DataError) as ei:  # the sentence embeddings: their own download, not a simulation
+        load_raw(root, name="CUB", semantics_file="sent_splits.mat", semantic_key="att")
+    assert_user_error(ei, "sent_splits.mat", "zsl-data download CUB_SENT")
+    assert "zsl-data simulate" not in str(ei.value)
+    with pytest.raises(DataError) as ei:  # a name that is no benchmark: nothing to download
+        load_raw(tmp_path / "empty", name="sim")
+    assert "zsl-data download" not in str(ei.value)
+    with pytest.raises(DataError) as ei:
+        load_raw(tmp_path / "empty", name="AWA2")
+    assert_user_error(ei, "zsl-data download AWA2")
+
+
 @pytest.mark.parametrize("case, named", [
     ("trainval_test_seen", ("key 'trainval_loc'", "key 'test_seen_loc'", "share 2 samples")),
     ("val_test_unseen", ("key 'val_loc'", "key 'test_unseen_loc'", "share 1 samples")),

@@ -191,3 +191,14 @@ def test_a_damaged_config_is_one_line_naming_the_field(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "run")])
     assert "results.json: `config` is not a mapping" in capsys.readouterr().err
+
+
+def test_failed_jobs_of_a_sweep_are_named_beside_the_table(tmp_path, capsys):
+    write_result(tmp_path / "sweep" / "0", seed=0)
+    (tmp_path / "sweep" / "1").mkdir(parents=True)
+    (tmp_path / "sweep" / "1" / "error.txt").write_text("Traceback ...\nValueError: boom\n")
+    main([str(tmp_path / "sweep")])
+    captured = capsys.readouterr()
+    assert "| CUB | cvae | att | val | 1 |" in captured.out
+    assert "1 job(s) failed and are not in the table" in captured.err
+    assert f"{tmp_path / 'sweep' / '1'}: ValueError: boom" in captured.err

@@ -310,6 +310,11 @@ def test_synthesize_new_classes_from_each_source(trained, new_classes, tmp_path,
     assert provenance["n_per_class"] == 5 and provenance["seed"] == 3 and provenance["space"] == "raw"
     assert provenance["trained_on"] == "synthetic" and provenance["method"] == "cvae"
     assert provenance["classes"] == new_classes["names"]
+    source = new_classes[source] / "semantics.npy" if source == "byo" else new_classes[source]
+    assert provenance["semantics_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    meta = yaml.safe_load((trained["export"] / "generator.yaml").read_text())
+    assert provenance["generator_weights_sha256"] == meta["weights_sha256"]
+    assert provenance["semantic_space"] == "att" and provenance["versions"]["torch"] == torch.__version__
     # the CLI gives what the Python API gives
     expected = zsl_gen.load_generator(trained["export"]).synthesize(new_classes["vectors"], 5, seed=3, space="raw")
     assert np.allclose(features, expected.numpy(), atol=1e-6)
@@ -500,6 +505,8 @@ def test_synthesize_never_deletes_what_it_did_not_write(trained, new_classes, tm
     ("okapi,1\nokapi,2\n", "class names must be distinct, repeated: okapi"),
     (" ,1\nquagga,2\n", "class 1 has an empty name"),
     (b"caf\xe9,1\n", "not UTF-8 text"),
+    ("\n", "no class in it"),
+    ("okapi,1\nquagga,nan\n", "the vectors of 1 classes hold NaN or Inf ('quagga')"),
 ])
 def test_synthesize_refuses_semantics_a_dataset_could_not_load(trained, tmp_path, content, message):
     path = tmp_path / "classes.csv"

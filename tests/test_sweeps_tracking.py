@@ -185,6 +185,17 @@ def test_submitit_local_launcher_runs_the_job(tmp_path, no_wandb):
     assert list((multi / ".submitit").rglob("*_result.pkl"))
 
 
+def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no sbatch, also on a SLURM login node
+    proc = zsl_multirun(tmp_path, "hydra/launcher=slurm_gpu", "trainer=gpu", "seed=0,1")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "hydra/launcher=slurm_gpu submits SLURM jobs, but this machine has no `sbatch`" in lines[0]
+    assert "hydra/launcher=submitit_local" in lines[0] and not (tmp_path / "multi").exists()
+
+
 # ---- loggers ----------------------------------------------------------------------------------------------------
 def test_tensorboard_logger_writes_event_files(tmp_path, no_wandb):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

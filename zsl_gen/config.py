@@ -145,7 +145,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError("config field `stop_on_explosion` must be a factor > 1 (e.g. "
                           f"stop_on_explosion=1000) or null, got {factor!r}")
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
-    check_device_available(accelerator, f"trainer.accelerator={accelerator} (trainer=gpu)",
+    check_device_available(accelerator, f"trainer.accelerator={accelerator}",
                            "use trainer=cpu, or install torch's CUDA build on a machine with an NVIDIA GPU "
                            "(README, Install variants)")
     check_bf16_hardware(cfg)

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from zsl_gen.data._io import temp_dir_beside
 from zsl_gen.data.protocol import apply_feature_scaling
 from zsl_gen.data.types import ZSLData
-from zsl_gen.errors import CheckpointError
+from zsl_gen.errors import CheckpointError, DataError
 from zsl_gen.systems.base import GeneratorSystem
 
 FORMAT = "zsl-gen-generator/1"
@@ -136,11 +136,11 @@ class Generator:
         s = torch.as_tensor(np.asarray(semantics, dtype=np.float32) if not isinstance(semantics, torch.Tensor)
                             else semantics, dtype=torch.float32)
         if s.ndim != 2 or s.shape[1] != self.meta["semantic_dim"]:
-            raise CheckpointError(f"semantics must have shape (K, {self.meta['semantic_dim']}) for this generator "
+            raise DataError(f"semantics must have shape (K, {self.meta['semantic_dim']}) for this generator "
                                   f"(trained on {self.meta['dataset']}, {self.meta['semantic_space']}), "
                                   f"got {tuple(s.shape)}")
         if not torch.isfinite(s).all():
-            raise CheckpointError("semantics contain NaN or Inf: fix the class vectors")
+            raise DataError("semantics contain NaN or Inf: fix the class vectors")
         if self.meta["preprocessing"].get("semantics", {}).get("l2"):
             s = s / s.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return s

@@ -95,6 +95,19 @@ def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
         yield prefix[:-1], node
 
 
+def failed_jobs(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """Job directories under the given directories with an ``error.txt`` (zsl-train's record of a failed
+    multirun job) and no ``results.json``, with the error's last line."""
+    failed = []
+    for path in paths:
+        if path.is_dir():
+            for error in sorted(path.rglob("error.txt")):
+                if not (error.parent / "results.json").exists():
+                    lines = error.read_text(errors="replace").strip().splitlines() or ["(empty error.txt)"]
+                    failed.append((error.parent, lines[-1]))
+    return failed
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """One row per selection of one results.json (with the file's ``path`` and ``setting``)."""
     try:
@@ -256,6 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     markdown = to_markdown(table)
     sys.stdout.write(markdown)
     print(f"({len(files)} results.json files)")
+    failed = failed_jobs(args.paths)
+    if failed:  # a sweep's failed jobs are not in the table: say so, or a mean over fewer seeds passes unnoticed
+        print(f"{len(failed)} job(s) failed and are not in the table (their error.txt):", file=sys.stderr)
+        for job, last in failed:
+            print(f"  {job}: {last}", file=sys.stderr)
     from zsl_gen.results import write_text_atomic
 
     if args.md:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from zsl_gen.cli.common import check_output_path, report_user_errors
-from zsl_gen.data._io import temp_dir_beside
+from zsl_gen.data._io import sha256_file, temp_dir_beside
 from zsl_gen.errors import ConfigError, DataError
 
 USAGE = ("usage: zsl-synthesize generator=<export dir> semantics=<file> n_per_class=<N> out=<dir> "
@@ -56,6 +56,10 @@ def read_class_semantics(path: Path, semantic_key: str = "att") -> tuple[list[st
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     if len(names) == 0:
         raise DataError(f"{path}: no classes in it; give at least one class vector")
+    bad = [names[i] if i < len(names) else str(i) for i in np.flatnonzero(~np.isfinite(matrix).all(axis=1))]
+    if bad:
+        raise DataError(f"{path}: the vectors of {len(bad)} classes hold NaN or Inf ({', '.join(map(repr, bad[:5]))}); "
+                        "fix those class vectors")
     empty = [i for i, name in enumerate(names) if not name.strip()]
     if empty:
         raise DataError(f"{path}: class {empty[0] + 1} has an empty name; name every class")
@@ -84,7 +88,9 @@ def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.
             except ValueError:
                 raise DataError(f"{path}:{line_no}: expected `name,v1,...,vA` with numbers, got {line[:60]!r}") from None
             names.append(name)
-        if not rows or len({len(r) for r in rows}) != 1:
+        if not rows:
+            raise DataError(f"{path}: no class in it; give one line `name,v1,...,vA` per class")
+        if len({len(r) for r in rows}) != 1:
             raise DataError(f"{path}: every line must be `name,v1,...,vA` with the same number of values")
         return names, np.asarray(rows, dtype=np.float32)
     elif path.suffix == ".mat":
@@ -186,11 +192,18 @@ def main(argv: list[str] | None = None) -> None:
     features = generator.synthesize(semantics, n_per_class, seed, space=args["space"]).numpy()
     labels = np.repeat(np.arange(len(names)), n_per_class)
     out = Path(args["out"])
+    from zsl_gen.results import utc_now, versions
+
+    source = Path(args["semantics"])
+    source_file = source / "semantics.npy" if source.is_dir() else source
     write_synthesis(out, features, labels, semantics, names, {
-        "generator": str(Path(args["generator"]).resolve()), "trained_on": generator.meta["dataset"],
+        "created": utc_now(), "generator": str(Path(args["generator"]).resolve()),
+        "generator_weights_sha256": generator.meta["weights_sha256"], "trained_on": generator.meta["dataset"],
         "method": generator.meta.get("method", generator.meta["_target_"]),
-        "semantics_file": str(Path(args["semantics"]).resolve()), "n_per_class": n_per_class, "seed": seed,
-        "space": args["space"], "classes": names})
+        "semantic_space": generator.meta.get("semantic_space"),
+        "semantics_file": str(source.resolve()), "semantics_sha256": sha256_file(source_file),
+        "n_per_class": n_per_class, "seed": seed, "space": args["space"], "device": args["device"],
+        "classes": names, "versions": versions()})
     print(f"{len(names)} classes × {n_per_class} = {len(labels)} features ({features.shape[1]}-d, "
           f"{args['space']} space) → {out}")
 

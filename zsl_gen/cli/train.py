@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -106,7 +107,19 @@ class FailedJobsReport(Callback):
                 print(f"  {path.parent}: {last}", file=sys.stderr)
 
 
+def check_launcher(argv: list[str]) -> None:
+    """A SLURM launcher needs SLURM's ``sbatch`` here: without it, say so in one line before Hydra starts (the
+    launcher would fail with a long traceback from inside submitit)."""
+    launcher = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == "hydra/launcher"), "")
+    if "slurm" in launcher and shutil.which("sbatch") is None:
+        print(f"error: hydra/launcher={launcher} submits SLURM jobs, but this machine has no `sbatch` (it is not a "
+              "SLURM login node): run the sweep there, or here with hydra/launcher=submitit_local or without "
+              "a launcher (-m alone)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
+    check_launcher(sys.argv[1:])
     # the list the callback fills: Hydra imports it as `zsl_gen.cli.train`, which under `python -m` is
     # another module object than this `__main__`
     failed = importlib.import_module("zsl_gen.cli.train").FAILED_JOBS

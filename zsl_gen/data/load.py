@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zsl_gen.data.byo import BYO_FILES, load_byo
+from zsl_gen.data.download import DATASETS
 from zsl_gen.data.types import RawDataset
 from zsl_gen.data.xlsa17 import load_xlsa17
 from zsl_gen.errors import DataError
@@ -60,7 +61,8 @@ def load_raw(
     missing = " (the directory does not exist)" if not root.exists() else ""
     raise DataError(
         f"no dataset found for {name} in {root}{missing}: looked for an xlsa17 dataset ({features_file} + "
-        f"{semantics_file}) and a bring-your-own dataset ({', '.join(BYO_FILES)}){hint}; download it with "
-        f"`zsl-data download {name} --dir {root.parent}`, place the files there by hand, or convert your "
-        "own data to the bring-your-own format (see zsl_gen.data.byo)"
+        f"{semantics_file}) and a bring-your-own dataset ({', '.join(BYO_FILES)}){hint}; "
+        + (f"download it with `zsl-data download {name} --dir {root.parent}`, place the files there by hand, "
+           if name in DATASETS else "place the files there, ")
+        + "or convert your own data to the bring-your-own format (see zsl_gen.data.byo)"
     )

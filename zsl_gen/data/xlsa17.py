@@ -231,8 +231,10 @@ def load_xlsa17(
     data_dir = Path(data_dir)
     fpath, spath = data_dir / features_file, data_dir / semantics_file
     require_file(fpath, f"features file '{features_file}' of dataset {name}", _GET_FILES)
-    require_file(spath, f"semantics/splits file '{semantics_file}' of dataset {name}",
-                 "it ships with the dataset (xlsa17 release): " + _GET_FILES)
+    get = ("the CUB sentence embeddings ship apart: download them with `zsl-data download CUB_SENT --dir <DIR>` "
+           "(the file lands beside CUB's res101.mat)" if Path(semantics_file).name == "sent_splits.mat"
+           else "it ships with the dataset (xlsa17 release): " + _GET_FILES)
+    require_file(spath, f"semantics/splits file '{semantics_file}' of dataset {name}", get)
 
     loc_keys = [f"{n}_loc" for n in REQUIRED_LOCS + OPTIONAL_LOCS]
     sem_keys = [semantic_key, *loc_keys, "allclasses_names", "semantic_space"]
