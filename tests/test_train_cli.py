@@ -429,3 +429,17 @@ def test_own_data_in_the_byo_format_trains_and_records_its_files_and_semantic_sp
     assert sorted(Path(f).name for f in record["files"]) == sorted(
         ["features.npy", "labels.npy", "semantics.npy", "classes.txt", "splits.json"])
     assert all(len(digest) == 64 for digest in record["files"].values())
+
+
+def test_data_under_a_benchmark_name_without_its_classes_is_warned_about(caplog):
+    from zsl_gen.data import make_synthetic
+    from zsl_gen.pipeline import check_benchmark_shape
+
+    with caplog.at_level("WARNING", logger="zsl_gen"):
+        check_benchmark_shape(make_synthetic(n_classes=50, n_unseen=10, samples_per_class=3, name="CUB"))
+    assert "40 seen / 10 unseen classes, but CUB has 150 / 50" in caplog.text and "dataset=byo" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zsl_gen"):
+        check_benchmark_shape(make_synthetic(n_classes=200, n_unseen=50, samples_per_class=3, name="CUB"))
+        check_benchmark_shape(make_synthetic(n_classes=12, n_unseen=3, samples_per_class=3, name="MINE"))
+    assert caplog.text == ""

@@ -406,6 +406,22 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         finish_loggers(open_loggers)
 
 
+# The xlsa17 benchmarks' classes (seen / unseen), REFERENCE §1
+BENCHMARK_CLASSES = {"CUB": (150, 50), "SUN": (645, 72), "AWA1": (40, 10), "AWA2": (40, 10), "APY": (20, 12),
+                     "FLO": (82, 20)}
+
+
+def check_benchmark_shape(raw: RawDataset) -> None:
+    """Warn when data read under a benchmark's name (``dataset=cub``, results labelled CUB) does not have that
+    benchmark's seen/unseen classes: another dataset's directory, or a subset, would be reported as CUB."""
+    expected = BENCHMARK_CLASSES.get(str(raw.name).upper())
+    got = (int(len(raw.seen_classes)), int(len(raw.unseen_classes)))
+    if expected and got != expected:
+        log.warning("dataset %s: %d seen / %d unseen classes, but %s has %d / %d: the results will be labelled "
+                    "%s. If this is other data, use dataset=byo data_dir=<dir> dataset.name=<its name>",
+                    raw.name, *got, str(raw.name).upper(), *expected, raw.name)
+
+
 def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tuple[ZSLData, dict[str, Any]]:
     """One split's protocol data, read from the dataset afresh, and the dataset's record.
 
@@ -415,6 +431,8 @@ def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tu
     """
     raw = load_dataset(cfg.dataset)
     now = dataset_record(raw, cfg.dataset)
+    if record is None:
+        check_benchmark_shape(raw)
     if record is not None and now != record:
         changed = sorted(k for k in set(now) | set(record) if now.get(k) != record.get(k))
         if cfg.dataset.kind == "synthetic":  # no files: the simulator, seeded, gave other arrays this time
