@@ -84,6 +84,7 @@ def test_bad_config_values_are_one_clear_line(tmp_path, override, message):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+    assert message in (tmp_path / "run" / "train.log").read_text()  # the log file has the error too
 
 
 def test_missing_dataset_files_name_the_file_and_the_fix(tmp_path):
@@ -410,6 +411,8 @@ def test_the_epochs_trained_are_logged_and_an_explicit_count_is_recorded_uncappe
     assert "training on split=test (1440 training samples), 2 epochs" in proc.stdout + proc.stderr
     config = read_results(tmp_path)["config"]
     assert config["generator"]["epochs"] == 2 and config["dataset"]["max_generator_epochs"] is None
+    log = (tmp_path / "run" / "train.log").read_text()  # the log file holds what the console showed
+    assert "2 epochs" in log and "paper*" in log and f"results: {tmp_path / 'run' / 'results.json'}" in log
 
 
 def test_own_data_in_the_byo_format_trains_and_records_its_files_and_semantic_space(tmp_path):

@@ -63,6 +63,15 @@ def quiet_lightning() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningNoise())
 
 
+def to_log_files(message: str, level: int = logging.INFO) -> None:
+    """``message`` into the log files only (Hydra's ``<job>.log``), not the console: for what the console
+    already shows by ``print`` (the summary table, a failed run's error line), so the log file is complete."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def load_dataset(ds: DictConfig) -> RawDataset:
     """The raw dataset a ``dataset`` config names (simulated, xlsa17 ``.mat`` or bring-your-own)."""
     if ds.kind == "synthetic":
@@ -541,6 +550,8 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     write_json_atomic(output_dir / "preprocessing.json", data.preprocessing)
     write_json_atomic(output_dir / "results.json", results)
     log_final_results(open_loggers, results, output_dir / "generator")
-    print(summary_table(results))
+    summary = summary_table(results)
+    print(summary)
     print(f"results: {output_dir / 'results.json'}")
+    to_log_files(f"{summary}\nresults: {output_dir / 'results.json'}")
     return results

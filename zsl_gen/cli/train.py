@@ -41,9 +41,13 @@ def train_app(cfg: DictConfig) -> float:
         results = run(cfg, output_dir)
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
+            from zsl_gen.pipeline import to_log_files
+
             if isinstance(err, ZSLGenError):
                 print(f"error: {err}", file=sys.stderr)
+                to_log_files(f"error: {err}", logging.ERROR)
                 sys.exit(2)
+            to_log_files(traceback.format_exc(), logging.ERROR)
             raise
         detail = str(err) if isinstance(err, ZSLGenError) else traceback.format_exc()
         (output_dir / "error.txt").write_text(detail + "\n")
