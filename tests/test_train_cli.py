@@ -399,8 +399,7 @@ def test_an_explicit_generator_epochs_lifts_the_default_datasets_epoch_cap(overr
 
     GlobalHydra.instance().clear()  # an in-process zsl-train run may have left it initialised
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
-    lift_default_epoch_cap(cfg, list(overrides))
+        cfg = compose("train", overrides=lift_default_epoch_cap(list(overrides)))
     assert generator_epochs(cfg) == epochs
     assert ("capped by dataset.max_generator_epochs" in describe_epochs(cfg)) == (epochs in (10, 30))
 

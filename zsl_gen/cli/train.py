@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from zsl_gen.errors import ZSLGenError
 
@@ -34,7 +34,6 @@ def train_app(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    lift_default_epoch_cap(cfg, hydra_cfg.overrides.task)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         (output_dir / "error.txt").unlink(missing_ok=True)  # a rerun into the same sweep dir
     try:
@@ -64,15 +63,15 @@ def _overridden(key: str, overrides) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
 
 
-def lift_default_epoch_cap(cfg: DictConfig, overrides) -> None:
-    """A ``generator.epochs`` given on the command line (or by a sweeper) is the number of epochs trained:
-    the cap a dataset config sets for its method-default schedules (``dataset.max_generator_epochs``: the
-    small simulated default set's 30) is lifted, unless the command line sets that cap too. The recorded
-    config then says ``max_generator_epochs: null``."""
-    if (cfg.dataset.get("max_generator_epochs") is not None and _overridden("generator.epochs", overrides)
-            and not _overridden("dataset.max_generator_epochs", overrides)):
-        with open_dict(cfg):
-            cfg.dataset.max_generator_epochs = None
+def lift_default_epoch_cap(overrides: list[str]) -> list[str]:
+    """``overrides`` with ``++dataset.max_generator_epochs=null`` added when they give ``generator.epochs`` and
+    not the cap: an explicit epoch count is the number of epochs trained, not cut to the cap a dataset config
+    sets for the methods' default schedules (the small simulated default set's 30). Added on the command
+    line, before Hydra composes, so the run's saved config and overrides say so, and a resumed run with the
+    same command composes the same config."""
+    if _overridden("generator.epochs", overrides) and not _overridden("dataset.max_generator_epochs", overrides):
+        return [*overrides, "++dataset.max_generator_epochs=null"]
+    return list(overrides)
 
 
 FAILED_JOBS: list[Path] = []  # this process's multirun failures, read by `main` for the exit status
@@ -124,6 +123,7 @@ def check_launcher(argv: list[str]) -> None:
 
 def main() -> None:
     check_launcher(sys.argv[1:])
+    sys.argv = [sys.argv[0], *lift_default_epoch_cap(sys.argv[1:])]
     # the list the callback fills: Hydra imports it as `zsl_gen.cli.train`, which under `python -m` is
     # another module object than this `__main__`
     failed = importlib.import_module("zsl_gen.cli.train").FAILED_JOBS
