@@ -56,7 +56,7 @@ def run_record(run: Path) -> dict:
 
 
 # what may differ between the two jobs: which split they ran, where, and how they were resumed or logged
-IGNORED = ("selections", "ckpt_path", "logger", "paths", "hydra")
+IGNORED = ("selections", "ckpt_path", "logger", "paths", "hydra", "data_dir")  # data: compared by checksums
 
 
 def config_differences(val_run: Path, test_run: Path) -> list[str]:

@@ -100,10 +100,11 @@ def test_a_run_named_twice_counts_once_and_a_directory_output_is_refused(tmp_pat
 
 
 # ---- one row per setting: runs whose configs differ beyond the seed are not averaged -----------------------------
-def train_config(run, *, seed, epochs=1, lr=0.001):
+def train_config(run, *, seed, epochs=1, lr=0.001, cap=None):
     """The parts of a zsl-train results.json `config` the grouping reads: settings and bookkeeping."""
     return {"task_name": "train", "seed": seed, "data_dir": f"{run}/data", "selections": ["paper", "val"],
             "ckpt_path": None, "eval_every": 1, "keep_freed_memory": True,
+            "dataset": {"name": "CUB", "data_dir": f"{run}/data", "max_generator_epochs": cap},
             "generator": {"name": "cvae", "epochs": epochs, "system": {"lr": lr}},
             "trainer": {"accelerator": "cpu", "log_every_n_steps": 10},
             "logger": {"csv": {"save_dir": str(run)}}, "paths": {"output_dir": str(run)}}
@@ -114,6 +115,8 @@ def write_run(path, *, seed, h=50.0, files=None, **config):
     write_result(path, seed=seed, h=h)
     record = json.loads((path / "results.json").read_text())
     record["config"] = train_config(path, seed=seed, **config)
+    epochs, cap = record["config"]["generator"]["epochs"], record["config"]["dataset"]["max_generator_epochs"]
+    record["protocol"] = {"generator_epochs": epochs if cap is None else min(epochs, cap)}
     record["dataset"]["files"] = files or {f"{path}/data/res101.mat": "aa" * 32, f"{path}/data/att.mat": "bb" * 32}
     (path / "results.json").write_text(json.dumps(record))
 
@@ -128,6 +131,17 @@ def test_runs_of_one_setting_average_over_seeds(tmp_path, capsys):
     assert "setting" not in out  # one setting: no label column
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
     assert len(rows) == 2 and {r["seeds"] for r in rows} == {"0 1"} and {r["setting"] for r in rows} == {""}
+
+
+def test_the_epochs_trained_decide_not_the_schedule_and_its_cap(tmp_path, capsys):
+    # the simulated set's default: a 300-epoch schedule capped to 30; and 30 asked for explicitly (cap lifted)
+    write_run(tmp_path / "capped", seed=0, h=40.0, epochs=300, cap=30)
+    write_run(tmp_path / "explicit", seed=1, h=60.0, epochs=30, cap=None)
+    write_run(tmp_path / "longer", seed=0, h=70.0, epochs=300, cap=None)
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| val | 2 | 58.00 ± 0.00 | 38.00 ± 0.00 | 50.00 ± 14.14 | 60.00 ± 0.00 | generator.epochs=30 |" in out
+    assert "| val | 1 | 58.00 ± 0.00 | 38.00 ± 0.00 | 70.00 ± 0.00 | 60.00 ± 0.00 | generator.epochs=300 |" in out
 
 
 def test_runs_of_other_settings_are_separate_labelled_rows(tmp_path, capsys):

@@ -240,3 +240,19 @@ def test_resuming_with_other_settings_never_relabels_the_old_numbers(tmp_path, m
     assert again.returncode == 0, again.stderr[-2000:]
     assert read(tmp_path / "again" / "run" / "results.json")["results"] == \
         read(tmp_path / "first" / "run" / "results.json")["results"]
+
+
+def test_extending_a_capped_default_run_is_not_a_changed_setting():
+    """`zsl-train generator.epochs=300 ckpt_path=...` on a run of the simulated set's default (capped to 30):
+    the command line lifts the cap (++dataset.max_generator_epochs=null), which only extends the schedule."""
+    from omegaconf import OmegaConf
+
+    from zsl_gen.pipeline import changed_settings
+
+    old = OmegaConf.create({"seed": 0, "dataset": {"name": "synthetic", "max_generator_epochs": 30},
+                            "generator": {"epochs": 300, "system": {"lr": 0.001}}})
+    new = OmegaConf.create({"seed": 0, "dataset": {"name": "synthetic", "max_generator_epochs": None},
+                            "generator": {"epochs": 300, "system": {"lr": 0.001}}})
+    assert changed_settings(old, new) == {}
+    new.generator.system.lr = 0.0003
+    assert changed_settings(old, new) == {"generator.system.lr": (0.001, 0.0003)}

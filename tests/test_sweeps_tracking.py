@@ -194,6 +194,9 @@ def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path, monkeypatch):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "hydra/launcher=slurm_gpu submits SLURM jobs, but this machine has no `sbatch`" in lines[0]
     assert "hydra/launcher=submitit_local" in lines[0] and not (tmp_path / "multi").exists()
+    from zsl_gen.cli.train import check_launcher
+
+    check_launcher(["~hydra/launcher", "seed=0"])  # a deletion has no value: no launcher to check, no crash
 
 
 # ---- loggers ----------------------------------------------------------------------------------------------------

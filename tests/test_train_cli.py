@@ -170,6 +170,10 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     (["+generator.epoch=3"], "`generator.epoch` is not a generator setting and would be ignored; did you mean "
                              "`generator.epochs`?"),
     (["+classifier.epoch=3"], "`classifier.epoch` is not a classifier setting"),
+    (["+classifer.epochs=3"], "`classifer` is not a zsl-train setting and would be ignored; did you mean "
+                              "`classifier`?"),  # what Hydra advises for the typo classifer.epochs=3
+    (["+eval_evry=2"], "`eval_evry` is not a zsl-train setting and would be ignored; did you mean `eval_every`?"),
+    (["+dataset.feature_scalng=none"], "`dataset.feature_scalng` is not a dataset setting"),
     (["+trainer.max_epochs=3"], "`trainer.max_epochs` is set by zsl-train itself and would be ignored; use "
                                 "generator.epochs=<n>"),
 ])

@@ -109,17 +109,35 @@ TRAINER_SET_BY_ZSL_TRAIN = {"max_epochs": "generator.epochs=<n>", "callbacks": N
                             "enable_progress_bar": None, "default_root_dir": "hydra.run.dir=<dir>", "plugins": None}
 
 
+def _conf_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The top-level keys ``conf/train.yaml`` composes (its own and its groups') and every key a
+    ``conf/dataset/*.yaml`` has: what a ``+key=`` on the command line may add without being ignored."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    train = OmegaConf.to_container(OmegaConf.load(conf / "train.yaml"))
+    groups = [next(iter(d)) if isinstance(d, dict) else d for d in train.pop("defaults", [])]
+    top = {*train, *(g for g in groups if g != "_self_"), "dataset_name"}  # dataset_name: dataset=byo's name
+    dataset = {k for f in sorted((conf / "dataset").glob("*.yaml")) for k in OmegaConf.load(f)}
+    return tuple(sorted(top)), tuple(sorted(dataset))
+
+
 def check_known_fields(cfg: DictConfig) -> None:
-    """Refuse keys no code reads (``generator.epoch``) and trainer arguments zsl-train sets itself."""
+    """Refuse keys no code reads (``generator.epoch``, ``+eval_evry=2``) and trainer arguments zsl-train sets
+    itself. Only where the whole group is read by zsl-gen's own code: ``trainer`` and ``generator.system``
+    keys go to Lightning's and the systems' constructors, which refuse unknown ones themselves."""
     import difflib
 
-    for group, fields in GROUP_FIELDS.items():
-        for key in cfg.get(group) or {}:
+    top, dataset = _conf_keys()
+    for where, keys, fields in (("", cfg, top), ("dataset.", cfg.get("dataset") or {}, dataset),
+                                *((f"{g}.", cfg.get(g) or {}, f) for g, f in GROUP_FIELDS.items())):
+        for key in keys:
             if key not in fields:
                 close = difflib.get_close_matches(str(key), fields, n=1)
-                hint = f"did you mean `{group}.{close[0]}`? " if close else ""
-                raise ConfigError(f"config field `{group}.{key}` is not a {group} setting and would be ignored; "
-                                  f"{hint}the {group} settings are {', '.join(fields)}")
+                hint = f"did you mean `{where}{close[0]}`? " if close else ""
+                what = f"a {where[:-1]} setting" if where else "a zsl-train setting"
+                raise ConfigError(f"config field `{where}{key}` is not {what} and would be ignored; {hint}the "
+                                  f"settings there are {', '.join(fields)}")
     for key in cfg.get("trainer") or {}:
         if key in TRAINER_SET_BY_ZSL_TRAIN:
             use = TRAINER_SET_BY_ZSL_TRAIN[key]

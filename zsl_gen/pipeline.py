@@ -93,8 +93,7 @@ def describe_epochs(cfg: DictConfig) -> str:
     if epochs == int(cfg.generator.epochs):
         return f"{epochs} epochs"
     return (f"{epochs} epochs: the {int(cfg.generator.epochs)}-epoch schedule capped by "
-            f"dataset.max_generator_epochs={epochs} (a generator.epochs given on the command line lifts the "
-            "dataset's default cap)")
+            f"dataset.max_generator_epochs={epochs} (dataset.max_generator_epochs=null lifts it)")
 
 
 def calibration_gammas(cfg: DictConfig) -> tuple[float, ...]:
@@ -243,7 +242,7 @@ class ResumePlan:
 # and trainer/logger/memory/path settings may change). Compared unresolved, so a moved data_dir still matches.
 RESULT_SETTINGS = ("seed", "selections", "paper_selection", "eval_every", "dataset", "generator", "classifier",
                    "trainer.precision")
-RESUME_MAY_CHANGE = ("generator.epochs", "dataset.data_dir")
+RESUME_MAY_CHANGE = ("generator.epochs", "dataset.data_dir", "dataset.max_generator_epochs")
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:

@@ -8,8 +8,10 @@ many of them stopped early because their training diverged: their numbers come f
 Rows are grouped by (dataset, method, semantic space, selection) and by the run's setting: its recorded
 ``config`` less the keys that say where or how a run was written rather than what it computed
 (``BOOKKEEPING``: the seed, output and data paths, loggers, resuming, memory tuning, which selections were
-reported), plus the checksums of its data files (so the same files at two paths are one setting, other files
-under one dataset name are not: ``data_sha256``). Every other key is part of the setting — when in doubt
+reported), with the generator epochs actually trained (``protocol.generator_epochs``: a schedule of 300 cut
+to 30 by the dataset's cap and 30 asked for are one setting), plus the checksums of its data files (so the
+same files at two paths are one setting, other files under one dataset name are not: ``data_sha256``; a
+simulated dataset is fixed by its ``dataset.synthetic`` settings instead). Every other key is part of the setting — when in doubt
 a key is, since a row split in two is visible and a wrong average is not: runs of ``generator.epochs=1,2``
 are two rows, and so are a ``zsl-train`` run and a ``zsl-eval`` of its generator (``task_name`` and the keys
 of each command differ). Settings that share (dataset, method, semantics) are labelled with the config keys
@@ -45,7 +47,10 @@ SPLITS_USED = {"paper": {"test"}, "val": {"val", "test"}, "val_split": {"val"}}
 # settings that change speed or memory but not the numbers, or only whether a diverged run writes results.
 BOOKKEEPING = ("seed", "paths", "data_dir", "logger", "hydra", "ckpt_path", "selections", "on_divergence",
                "keep_freed_memory", "offload_optimizer_state_mb", "allow_slow_bf16")
-BOOKKEEPING_LEAVES = ("trainer.log_every_n_steps", "trainer.enable_model_summary")  # what is logged, not run
+BOOKKEEPING_LEAVES = ("trainer.log_every_n_steps", "trainer.enable_model_summary",  # what is logged, not run
+                      "dataset.data_dir")  # where the files were: they enter by their checksums
+# the schedule asked for and the dataset's cap on it: the setting has the epochs trained instead
+EPOCH_LEAVES = ("generator.epochs", "dataset.max_generator_epochs")
 MAX_LABEL_KEYS = 6  # a Markdown label names at most this many keys (the CSV names them all)
 
 
@@ -79,8 +84,14 @@ def setting_of(record: dict[str, Any], path: Path) -> dict[str, str]:
     setting = {key: json.dumps(value, sort_keys=True)
                for key, value in _flatten({k: v for k, v in config.items() if k not in BOOKKEEPING})
                if key not in BOOKKEEPING_LEAVES}
+    epochs = (record.get("protocol") or {}).get("generator_epochs")
+    if epochs is not None:  # 300 capped to 30 and 30 asked for train the same 30 epochs
+        setting = {k: v for k, v in setting.items() if k not in EPOCH_LEAVES}
+        setting["generator.epochs"] = json.dumps(epochs)
     dataset = record["dataset"]
-    sums = sorted((dataset.get("files") or {}).values()) + [dataset.get("arrays_sha256") or ""]
+    # A simulated dataset is fixed by its dataset.synthetic settings (in the config); its arrays' digest can
+    # differ between CPUs (float kernels), which must not split one setting's seeds run on two machines.
+    sums = sorted((dataset.get("files") or {}).values())
     if any(sums):  # file paths left out: the same files read from another directory are the same data
         setting["data_sha256"] = json.dumps(hashlib.sha256(json.dumps(sums).encode()).hexdigest()[:12])
     return setting

@@ -113,7 +113,8 @@ class FailedJobsReport(Callback):
 def check_launcher(argv: list[str]) -> None:
     """A SLURM launcher needs SLURM's ``sbatch`` here: without it, say so in one line before Hydra starts (the
     launcher would fail with a long traceback from inside submitit)."""
-    launcher = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == "hydra/launcher"), "")
+    launcher = next((a.split("=", 1)[1] for a in argv
+                     if "=" in a and a.split("=", 1)[0].lstrip("+~") == "hydra/launcher"), "")
     if "slurm" in launcher and shutil.which("sbatch") is None:
         print(f"error: hydra/launcher={launcher} submits SLURM jobs, but this machine has no `sbatch` (it is not a "
               "SLURM login node): run the sweep there, or here with hydra/launcher=submitit_local or without "
