@@ -252,8 +252,9 @@ def test_missing_export_files_are_clear_errors(export_copy, tmp_path):
         zsl_gen.load_generator(tmp_path / "nowhere")
     (export_copy / "generator.safetensors").write_bytes(b"")
     (export_copy / "generator.yaml").write_text("format: [unclosed\n")
-    with pytest.raises(CheckpointError, match="not valid YAML"):
+    with pytest.raises(CheckpointError, match="not valid YAML") as info:
         zsl_gen.load_generator(export_copy)
+    assert "\n" not in str(info.value) and "line 2, column 1" in str(info.value)  # one line, with the place
 
 
 # ---- zsl-synthesize ---------------------------------------------------------------------------------------------

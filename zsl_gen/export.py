@@ -215,7 +215,10 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> G
     try:
         meta = yaml.safe_load(meta_path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{meta_path}: not valid YAML ({err}); re-export the generator") from None
+        mark = getattr(err, "problem_mark", None)  # the parser's own message spans lines, with a source excerpt
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise CheckpointError(f"{meta_path}: not valid YAML ({where}{what}); re-export the generator") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not a zsl-gen generator export (format {FORMAT!r} expected)")
     cls = _system_class(meta.get("_target_"), meta_path)
