@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from zsl_gen.errors import ZSLGenError
 from zsl_gen.eval.selection import CurveStack, select
-from zsl_gen.results import utc_now, versions, write_json_atomic
+from zsl_gen.results import flatten, utc_now, versions, write_json_atomic
 
 # the fields of a run's results.json that the combined record is made of
 RECORD_FIELDS = ("method", "seed", "dataset", "protocol", "config", "versions")
@@ -69,7 +69,7 @@ def config_differences(val_run: Path, test_run: Path) -> list[str]:
         if not path.is_file():
             raise ZSLGenError(f"{path}: missing; give zsl-train run directories")
         config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        flat.append(dict(_flatten({k: v for k, v in config.items() if k not in IGNORED})))
+        flat.append(dict(flatten({k: v for k, v in config.items() if k not in IGNORED})))
     # a key only one run has comes from a newer zsl-gen version (its default applied to the older run)
     keys = sorted(set(flat[0]) & set(flat[1]))
     return [f"{k}: {flat[0][k]!r} != {flat[1][k]!r}" for k in keys if flat[0][k] != flat[1][k]]
@@ -82,7 +82,7 @@ def record_differences(val: dict, test: dict) -> list[str]:
     def comparable(record: dict) -> dict:
         dataset = {**record["dataset"], "files": sorted((record["dataset"].get("files") or {}).values())}
         protocol = {k: v for k, v in record["protocol"].items() if k not in ("selections", "splits_run")}
-        return dict(_flatten({"method": record["method"], "seed": record["seed"], "dataset": dataset,
+        return dict(flatten({"method": record["method"], "seed": record["seed"], "dataset": dataset,
                               "protocol": protocol}))
 
     a, b = comparable(val), comparable(test)
@@ -117,14 +117,6 @@ def out_problem(out: Path) -> str | None:
             return None if parent.is_dir() else (f"--out {out}: {parent} is a file, not a directory; give a "
                                                  "path in a directory")
     return None
-
-
-def _flatten(node, prefix: str = ""):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _flatten(value, f"{prefix}{key}.")
-    else:
-        yield prefix[:-1], node
 
 
 def main(argv: list[str] | None = None) -> int:

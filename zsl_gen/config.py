@@ -97,45 +97,43 @@ def check_generator_system(cfg: DictConfig) -> None:
                               f"{cfg.generator.get('name')})")
 
 
-# Fields each group's code reads: any other key there (`+generator.epoch=3`, as Hydra suggests for a typo)
-# would be ignored without a word.
-GROUP_FIELDS = {
-    "generator": ("name", "epochs", "syn_num", "system", "gammas_exp", "lambdas_exp"),
-    "classifier": ("epochs", "lr", "beta1", "batch_size", "weight_decay", "init", "drop_last", "precision",
-                   "calibration", "calibration_gammas"),
-}
+# The groups whose every key zsl-gen's own code reads: a key none of their configs has (`+generator.epoch=3`,
+# as Hydra suggests for a typo) would be ignored without a word. (`trainer` and `generator.system` keys go to
+# Lightning's and the systems' constructors, which refuse unknown ones themselves.)
+CHECKED_GROUPS = ("dataset", "generator", "classifier")
 # Trainer arguments zsl-train passes itself (they would silently win over the config's)
 TRAINER_SET_BY_ZSL_TRAIN = {"max_epochs": "generator.epochs=<n>", "callbacks": None, "logger": "logger=<choice>",
                             "enable_progress_bar": None, "default_root_dir": "hydra.run.dir=<dir>", "plugins": None}
 
 
-def _conf_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The top-level keys ``conf/train.yaml`` composes (its own and its groups') and every key a
-    ``conf/dataset/*.yaml`` has: what a ``+key=`` on the command line may add without being ignored."""
+def known_fields() -> dict[str, tuple[str, ...]]:
+    """What a ``+key=`` on the command line may add without being ignored, from ``conf/``: ``""`` → the
+    top-level keys ``train.yaml`` composes (its own and its groups'), and for each of ``CHECKED_GROUPS`` every
+    key one of its ``conf/<group>/*.yaml`` has."""
     from pathlib import Path
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     train = OmegaConf.to_container(OmegaConf.load(conf / "train.yaml"))
     groups = [next(iter(d)) if isinstance(d, dict) else d for d in train.pop("defaults", [])]
     top = {*train, *(g for g in groups if g != "_self_"), "dataset_name"}  # dataset_name: dataset=byo's name
-    dataset = {k for f in sorted((conf / "dataset").glob("*.yaml")) for k in OmegaConf.load(f)}
-    return tuple(sorted(top)), tuple(sorted(dataset))
+    fields = {"": tuple(sorted(top))}
+    for group in CHECKED_GROUPS:
+        fields[group] = tuple(sorted({k for f in (conf / group).glob("*.yaml") for k in OmegaConf.load(f)}))
+    return fields
 
 
 def check_known_fields(cfg: DictConfig) -> None:
     """Refuse keys no code reads (``generator.epoch``, ``+eval_evry=2``) and trainer arguments zsl-train sets
-    itself. Only where the whole group is read by zsl-gen's own code: ``trainer`` and ``generator.system``
-    keys go to Lightning's and the systems' constructors, which refuse unknown ones themselves."""
+    itself."""
     import difflib
 
-    top, dataset = _conf_keys()
-    for where, keys, fields in (("", cfg, top), ("dataset.", cfg.get("dataset") or {}, dataset),
-                                *((f"{g}.", cfg.get(g) or {}, f) for g, f in GROUP_FIELDS.items())):
-        for key in keys:
+    for group, fields in known_fields().items():
+        where = f"{group}." if group else ""
+        for key in (cfg.get(group) or {}) if group else cfg:
             if key not in fields:
                 close = difflib.get_close_matches(str(key), fields, n=1)
                 hint = f"did you mean `{where}{close[0]}`? " if close else ""
-                what = f"a {where[:-1]} setting" if where else "a zsl-train setting"
+                what = f"a {group} setting" if group else "a zsl-train setting"
                 raise ConfigError(f"config field `{where}{key}` is not {what} and would be ignored; {hint}the "
                                   f"settings there are {', '.join(fields)}")
     for key in cfg.get("trainer") or {}:

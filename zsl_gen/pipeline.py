@@ -28,6 +28,7 @@ from zsl_gen.callbacks import DivergenceGuard, GZSLEvaluation, StreamingCheckpoi
 from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.types import ZSLData
+from zsl_gen.data.validate import origin_of
 from zsl_gen.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, eszsl_curves
 from zsl_gen.eval.selection import CurveStack, select
@@ -375,10 +376,10 @@ def run_eszsl(cfg: DictConfig, data: ZSLData) -> CurveStack:
 
 
 def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
-    byo = any(Path(f).name == "splits.json" for f in raw.files)  # the .mat settings do not apply to it
+    fmt = origin_of(raw).fmt
+    byo = fmt == "byo"  # the .mat settings do not apply to it
     record: dict[str, Any] = {
-        "name": raw.name, "kind": ds.kind, "semantic_space": raw.semantic_space,
-        "format": "synthetic" if ds.kind == "synthetic" else "byo" if byo else "xlsa17",
+        "name": raw.name, "kind": ds.kind, "semantic_space": raw.semantic_space, "format": fmt,
         "semantics_file": "semantics.npy" if byo else ds.get("semantics_file"),
         "semantic_key": None if byo else ds.get("semantic_key"),
         "files": dict(raw.files), "n_classes": raw.n_classes, "n_seen": int(len(raw.seen_classes)),

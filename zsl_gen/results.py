@@ -7,7 +7,7 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -44,6 +44,15 @@ def versions() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+def flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, leaf) pairs of nested mappings (a record's ``config``); lists and empty mappings are leaves."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from flatten(value, f"{prefix}{key}.")
+    elif prefix:
+        yield prefix[:-1], node
 
 
 def utc_now() -> str:

@@ -32,6 +32,11 @@ def report_user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def override_key(override: str) -> str:
+    """The key a Hydra command-line override sets, adds or deletes: ``++a.b=1``, ``+a.b=1``, ``~a.b`` → ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def check_output_path(path: Path, what: str, *, directory: bool) -> None:
     """Refuse, before any work is done, an output ``path`` that cannot be written: an existing path of the
     other kind (a file where a directory is asked for, or the reverse), an existing ancestor that is a file,

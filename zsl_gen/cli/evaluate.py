@@ -21,6 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from zsl_gen.cli.common import override_key
 from zsl_gen.errors import ZSLGenError
 
 log = logging.getLogger("zsl_gen")
@@ -47,8 +48,7 @@ def check_eval_config(cfg: DictConfig) -> None:
 
 def command_line_keys(group: str, overrides) -> set[str]:
     """The fields of config group ``group`` that command-line overrides set (``classifier.epochs=3`` → ``epochs``)."""
-    keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
-    return {k.split(".")[1] for k in keys if k.startswith(group + ".") and len(k.split(".")) > 1}
+    return {override_key(o).split(".")[1] for o in overrides if override_key(o).startswith(group + ".")}
 
 
 def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[str] | frozenset = frozenset()) -> dict:

@@ -36,6 +36,7 @@ from typing import Any, Iterable
 
 from zsl_gen.cli.common import check_output_path, report_user_errors
 from zsl_gen.errors import ConfigError, DataError
+from zsl_gen.results import flatten
 
 METRICS = ("S", "U", "H", "T1")
 KEY_FIELDS = ("dataset", "method", "semantics", "selection")
@@ -82,7 +83,7 @@ def setting_of(record: dict[str, Any], path: Path) -> dict[str, str]:
         raise DataError(f"{path}: `config` is not a mapping; the file was edited or damaged: rerun the job or "
                         "remove the file")
     setting = {key: json.dumps(value, sort_keys=True)
-               for key, value in _flatten({k: v for k, v in config.items() if k not in BOOKKEEPING})
+               for key, value in flatten({k: v for k, v in config.items() if k not in BOOKKEEPING})
                if key not in BOOKKEEPING_LEAVES}
     epochs = (record.get("protocol") or {}).get("generator_epochs")
     if epochs is not None:  # 300 capped to 30 and 30 asked for train the same 30 epochs
@@ -95,15 +96,6 @@ def setting_of(record: dict[str, Any], path: Path) -> dict[str, str]:
     if any(sums):  # file paths left out: the same files read from another directory are the same data
         setting["data_sha256"] = json.dumps(hashlib.sha256(json.dumps(sums).encode()).hexdigest()[:12])
     return setting
-
-
-def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    """(dotted key, leaf) pairs of nested mappings; lists are leaves."""
-    if isinstance(node, dict) and node:
-        for key, value in node.items():
-            yield from _flatten(value, f"{prefix}{key}.")
-    elif prefix:
-        yield prefix[:-1], node
 
 
 def failed_jobs(paths: Iterable[Path]) -> list[tuple[Path, str]]:

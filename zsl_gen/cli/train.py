@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from zsl_gen.cli.common import override_key
 from zsl_gen.errors import ZSLGenError
 
 log = logging.getLogger("zsl_gen")
@@ -60,7 +61,7 @@ def train_app(cfg: DictConfig) -> float:
 
 
 def _overridden(key: str, overrides) -> bool:
-    return any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+    return any(override_key(o) == key for o in overrides)
 
 
 def lift_default_epoch_cap(overrides: list[str]) -> list[str]:
@@ -113,8 +114,7 @@ class FailedJobsReport(Callback):
 def check_launcher(argv: list[str]) -> None:
     """A SLURM launcher needs SLURM's ``sbatch`` here: without it, say so in one line before Hydra starts (the
     launcher would fail with a long traceback from inside submitit)."""
-    launcher = next((a.split("=", 1)[1] for a in argv
-                     if "=" in a and a.split("=", 1)[0].lstrip("+~") == "hydra/launcher"), "")
+    launcher = next((a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra/launcher"), "")
     if "slurm" in launcher and shutil.which("sbatch") is None:
         print(f"error: hydra/launcher={launcher} submits SLURM jobs, but this machine has no `sbatch` (it is not a "
               "SLURM login node): run the sweep there, or here with hydra/launcher=submitit_local or without "

@@ -31,8 +31,8 @@ a seeded per-class hold-out (``load_byo(..., seed=0)``): 20% (at least one sampl
 or more) form ``test_seen``, the rest ``trainval``. With ``val_classes``, every sample of those classes
 forms ``val`` and the other seen-class samples form ``train`` (the xlsa17 convention
 ``train ∪ val = trainval ∪ test_seen``), which enables ``split=val``. Samples of classes listed in
-neither list are not used (a warning counts them); a listed class without samples is an error. ``save_byo`` writes the derived splits as index lists (form 2), which fixes
-them independently of the seed.
+neither list are not used (a warning counts them); a listed class without samples is an error.
+``save_byo`` writes the derived splits as index lists (form 2), which fixes them independently of the seed.
 
 ``splits.json``, form 2: 0-based row indices into features.npy::
 
