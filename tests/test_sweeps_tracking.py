@@ -275,6 +275,7 @@ def test_wandb_offline_multirun_makes_one_finished_run_per_job(tmp_path, monkeyp
     proc = zsl_multirun(tmp_path, "logger=wandb", "seed=0,1", *TINY, "selections=[paper]")
     assert proc.returncode == 0, proc.stderr
     assert finished_runs == [True, True] and wandb.run is None
+    assert "anonymous setting" not in proc.stdout + proc.stderr  # no deprecation noise from Lightning's default
     multi = tmp_path / "multi"
     run_ids = []
     for job, seed in (("0", 0), ("1", 1)):

@@ -185,6 +185,36 @@ def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, overrides, na
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.parametrize("overrides, named", [
+    (["generator=fclswgen"], "error: generator=fclswgen: no `fclswgen` in conf/generator/; did you mean "
+                             "generator=fclswgan? the choices are cadavae, cvae, eszsl, fclswgan, fvaegan, tfvaegan"),
+    (["-m", "dataset=cub,sunn"], "error: dataset=cub,sunn: no `sunn` in conf/dataset/; did you mean dataset=sun?"),
+    (["experiment=fclswgan_cbu"], "did you mean experiment=fclswgan_cub?"),
+    # Hydra's own advice for these is `+classifer.epochs=3`, a key no code would read
+    (["classifer.epochs=3"], "error: classifer.epochs=3: `classifer` is not a setting of this command; did you "
+                             "mean `classifier.epochs`?"),
+    (["generator.epoch=3"], "error: generator.epoch=3: `generator.epoch` is not a generator setting; did you mean "
+                            "`generator.epochs`?"),
+    (["eval_evry=2"], "did you mean `eval_every`?"),
+])
+def test_typos_hydra_cannot_compose_are_one_line_before_hydra_starts(tmp_path, overrides, named):
+    proc = zsl_train(tmp_path, *TINY, *overrides)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run directory
+
+
+def test_the_override_check_leaves_valid_and_sweep_syntax_to_hydra(tmp_path):
+    from zsl_gen.cli.common import check_overrides
+
+    check_overrides(["-m", "generator=fclswgan,cvae", "experiment=null", "dataset=glob(*)", "seed=range(0,3)",
+                     "generator.system.lr=1e-3", "+trainer.detect_anomaly=true", "~logger", "hydra.verbose=true",
+                     "hydra/launcher=submitit_local", "paths.data_dir=/x", "--cfg", "job"], "train")
+    check_overrides(["export=/some/dir", "classifier.epochs=3", "dataset=cub", "device=cpu"], "eval")
+    with pytest.raises(SystemExit):
+        check_overrides(["generator=x"], "eval")  # zsl-eval has no generator group (main turns it into export=)
+
+
 def test_trainer_gpu_without_a_usable_gpu_is_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a CI machine that has one
     proc = zsl_train(tmp_path, *TINY, "trainer=gpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -106,19 +107,25 @@ TRAINER_SET_BY_ZSL_TRAIN = {"max_epochs": "generator.epochs=<n>", "callbacks": N
                             "enable_progress_bar": None, "default_root_dir": "hydra.run.dir=<dir>", "plugins": None}
 
 
-def known_fields() -> dict[str, tuple[str, ...]]:
-    """What a ``+key=`` on the command line may add without being ignored, from ``conf/``: ``""`` → the
-    top-level keys ``train.yaml`` composes (its own and its groups'), and for each of ``CHECKED_GROUPS`` every
-    key one of its ``conf/<group>/*.yaml`` has."""
-    from pathlib import Path
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    train = OmegaConf.to_container(OmegaConf.load(conf / "train.yaml"))
-    groups = [next(iter(d)) if isinstance(d, dict) else d for d in train.pop("defaults", [])]
-    top = {*train, *(g for g in groups if g != "_self_"), "dataset_name"}  # dataset_name: dataset=byo's name
+
+def config_groups(config_name: str = "train") -> tuple[str, ...]:
+    """The config groups ``conf/<config_name>.yaml``'s defaults list composes (``dataset``, ``generator``, ...)."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml")).get("defaults", [])
+    return tuple(g for g in (next(iter(d)) if isinstance(d, dict) else d for d in defaults) if g != "_self_")
+
+
+def known_fields(config_name: str = "train") -> dict[str, tuple[str, ...]]:
+    """What a ``+key=`` on the command line may add without being ignored, from ``conf/``: ``""`` → the
+    top-level keys ``<config_name>.yaml`` composes (its own and its groups'), and for each of ``CHECKED_GROUPS``
+    every key one of its ``conf/<group>/*.yaml`` has."""
+    own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
+    own.pop("defaults", None)
+    top = {*own, *config_groups(config_name), "dataset_name"}  # dataset_name: dataset=byo's name
     fields = {"": tuple(sorted(top))}
     for group in CHECKED_GROUPS:
-        fields[group] = tuple(sorted({k for f in (conf / group).glob("*.yaml") for k in OmegaConf.load(f)}))
+        fields[group] = tuple(sorted({k for f in (CONF_DIR / group).glob("*.yaml") for k in OmegaConf.load(f)}))
     return fields
 
 

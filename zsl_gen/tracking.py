@@ -50,7 +50,13 @@ def build_loggers(cfg: DictConfig, split: str, run_name: str) -> list[Any]:
             # the mode passed explicitly: wandb keeps the WANDB_MODE it saw first in a process (a later
             # in-process run, e.g. a notebook or a test, would otherwise inherit it)
             wandb_mode = "disabled" if mode == "disabled" else "offline" if offline else "online"
-            loggers.append(instantiate(node, name=f"{run_name}-{split}", offline=offline, mode=wandb_mode))
+            wandb_logger = instantiate(node, name=f"{run_name}-{split}", offline=offline, mode=wandb_mode)
+            # Lightning hands wandb.init `anonymous=None`, which wandb (≥ 0.19) answers on every run with a
+            # deprecation warning that says nothing about this run
+            init_kwargs = getattr(wandb_logger, "_wandb_init", None)
+            if isinstance(init_kwargs, dict) and init_kwargs.get("anonymous", False) is None:
+                del init_kwargs["anonymous"]
+            loggers.append(wandb_logger)
         else:
             loggers.append(instantiate(node, version=split))
     return loggers

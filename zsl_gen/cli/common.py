@@ -37,6 +37,51 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def check_overrides(argv: list[str], config_name: str) -> None:
+    """Before Hydra composes ``conf/<config_name>.yaml``: a group choice ``conf/`` lacks (``generator=fclswgen``)
+    or a key no config has (``classifer.epochs=3``, ``generator.epoch=3``) is one ``error:`` line with the
+    valid choices or the closest key, exit status 2. Hydra's own message is several lines and, for a key,
+    advises a ``+`` that would only add a key no code reads. Sweep syntax (``choice(...)``, globs,
+    interpolations) and ``hydra`` keys are left to Hydra."""
+    import difflib
+
+    from zsl_gen.config import CHECKED_GROUPS, CONF_DIR, config_groups, known_fields
+
+    groups = set(config_groups(config_name)) - {"hydra"}
+    fields = known_fields(config_name)
+
+    def refuse(arg: str, message: str) -> None:
+        print(f"error: {arg}: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg or arg.startswith(("+", "~")):
+            continue  # flags; `+key=`/`~key` additions are checked after composing (config.check_known_fields)
+        key, value = arg.split("=", 1)
+        if key.split(".")[0].split("/")[0] == "hydra":
+            continue
+        if key in groups:
+            if any(c in value for c in "()[]{}$*'\""):
+                continue
+            choices = sorted(f.stem for f in (CONF_DIR / key).glob("*.yaml"))
+            for choice in value.split(","):
+                if choice.strip() not in (*choices, "null"):
+                    close = difflib.get_close_matches(choice.strip(), choices, n=1)
+                    hint = f"did you mean {key}={close[0]}? " if close else ""
+                    refuse(arg, f"no `{choice.strip()}` in conf/{key}/; {hint}the choices are {', '.join(choices)}")
+            continue
+        parts = key.split(".")
+        if parts[0] not in fields[""]:
+            close = difflib.get_close_matches(parts[0], fields[""], n=1)
+            hint = f"did you mean `{'.'.join([close[0], *parts[1:]])}`? " if close else ""
+            refuse(arg, f"`{parts[0]}` is not a setting of this command; {hint}the settings are {', '.join(fields[''])}")
+        if parts[0] in CHECKED_GROUPS and parts[0] in groups and len(parts) > 1 and parts[1] not in fields[parts[0]]:
+            close = difflib.get_close_matches(parts[1], fields[parts[0]], n=1)
+            hint = f"did you mean `{'.'.join([parts[0], close[0], *parts[2:]])}`? " if close else ""
+            refuse(arg, f"`{parts[0]}.{parts[1]}` is not a {parts[0]} setting; {hint}the settings there are "
+                        f"{', '.join(fields[parts[0]])}")
+
+
 def check_output_path(path: Path, what: str, *, directory: bool) -> None:
     """Refuse, before any work is done, an output ``path`` that cannot be written: an existing path of the
     other kind (a file where a directory is asked for, or the reverse), an existing ancestor that is a file,
