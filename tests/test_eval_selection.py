@@ -49,6 +49,24 @@ def test_paper_last_reads_the_last_classifier_epoch_of_the_last_generator_epoch(
         select({"test": test}, ["paper"], paper="final")
 
 
+def test_paper_best_at_last_epoch_chooses_among_the_last_generator_epochs_classifier_epochs_only():
+    # f-CLSWGAN's protocol: an earlier generator epoch's higher H (0.9) and T1 (0.95) are not reachable
+    test = CurveStack.from_records([(10, curves([0.1, 0.9, 0.2], [0.5, 0.95, 0.3])),
+                                    (20, curves([0.2, 0.7, 0.4], [0.2, 0.8, 0.6]))])
+    paper = select({"test": test}, ["paper"], paper="best_at_last_epoch")["paper"]
+    assert paper["gzsl"] == {"S": 80.0, "U": 60.0, "H": 70.0} and paper["zsl"]["T1"] == 80.0
+    assert paper["gzsl_chosen"] == paper["zsl_chosen"] == {"epoch": 20, "classifier": "classifier epoch 2",
+                                                            "gamma": 0.0}
+    assert paper["chosen_on"] == "test" and paper["optimistic"] is True and paper["rule"] == "best_at_last_epoch"
+    # over γ too, and NaN never wins; ties go to the earliest classifier epoch
+    h = np.array([[0.3, np.nan], [0.3, 0.5]])  # 2 classifier epochs x gammas (0.0, 0.5)
+    stack = CurveStack.from_records([(1, EvalCurves(S=h * 0 + 0.9, U=h, H=h * 2, T1=h, gammas=(0.0, 0.5))),
+                                     (2, EvalCurves(S=h, U=h, H=h, T1=h, gammas=(0.0, 0.5)))])
+    assert stack.best_at_last_epoch("H") == (1, 1, 1) and stack.best("H") == (0, 1, 1)
+    flat = CurveStack.from_records([(1, curves([0.4, 0.4], [0.1, 0.1]))])
+    assert flat.best_at_last_epoch("H") == (0, 0, 0)
+
+
 def test_paper_last_reads_gamma_zero_among_calibration_values():
     h = np.array([[0.1, 0.3], [0.2, 0.4]])  # 2 classifier epochs x gammas (0.5, 0.0)
     stack = CurveStack.from_records([(5, EvalCurves(S=h, U=h, H=h, T1=h, gammas=(0.5, 0.0)))])

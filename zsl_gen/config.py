@@ -183,7 +183,8 @@ def validate_train_config(cfg: DictConfig) -> None:
 
     if cfg.get("paper_selection", "best") not in PAPER_SELECTIONS:
         raise ConfigError(f"config field `paper_selection` must be one of {list(PAPER_SELECTIONS)} (best: the "
-                          f"best epoch on test; last: the last epoch, CADA-VAE's protocol), got "
+                          "best epoch on test; best_at_last_epoch: the best classifier epoch of the last generator "
+                          "epoch on test, f-CLSWGAN's; last: the last epoch, CADA-VAE's protocol), got "
                           f"{cfg.paper_selection!r}")
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
     devices, nodes = (OmegaConf.select(cfg, f"trainer.{k}", default=1) for k in ("devices", "num_nodes"))

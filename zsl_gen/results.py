@@ -91,5 +91,8 @@ def summary_table(results: dict[str, Any]) -> str:
         lines.append(f"! split={split}: training diverged in epoch {stop['epoch']} of {stop['of']} and stopped; its "
                      f"numbers come from the epochs up to {stop['last_evaluated_epoch']} (results.json: stopped_early)")
     if any(s["optimistic"] for s in results["results"].values()):
-        lines.append("* paper: best epoch measured on the test split, as published — optimistic.")
+        rule = results.get("protocol", {}).get("paper_selection")
+        what = ("best classifier epoch of the last generator epoch" if rule == "best_at_last_epoch"
+                else "best epoch")
+        lines.append(f"* paper: {what} measured on the test split, as published — optimistic.")
     return "\n".join(lines)
