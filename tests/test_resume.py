@@ -127,6 +127,32 @@ def test_a_finished_run_extends_to_a_longer_schedule_with_the_uninterrupted_numb
     assert not (tmp_path / "again" / "run" / "checkpoints").exists()
 
 
+def test_a_schedule_off_the_eval_grid_checkpoints_its_last_epoch_and_extends_as_one_run(tmp_path, monkeypatch):
+    # generator.epochs=3 with eval_every=2: epoch 3 is evaluated (the last) and so must be checkpointed, or
+    # last.ckpt (resumed and exported from) would be epoch 2's generator under epoch 3's numbers
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = (*ARGS[:2], "selections=[paper]", *ARGS[3:], "logger=none", "eval_every=2")
+    short = zsl_train(tmp_path / "short", *args, "generator.epochs=3")
+    assert short.returncode == 0, short.stderr[-2000:]
+    run = tmp_path / "short" / "run"
+    last = run / "checkpoints" / "test" / "last.ckpt"
+    assert read(run / "curves.json")["test"]["epochs"] == [2, 3]
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1 == 3
+    best = torch.load(next((run / "checkpoints" / "test").glob("best-epoch*.ckpt")), map_location="cpu",
+                      weights_only=True)
+    h = read(run / "curves.json")["test"]["H"]
+    assert best["epoch"] + 1 == (3 if max(map(max, h[1])) > max(map(max, h[0])) else 2)  # the last epoch competes
+    # extended to 4: epoch 3 (evaluated only as the old last epoch) is off the new schedule
+    extended = zsl_train(tmp_path / "extended", *args, "generator.epochs=4", f"ckpt_path={last}")
+    assert extended.returncode == 0, extended.stderr[-2000:]
+    straight = zsl_train(tmp_path / "straight", *args, "generator.epochs=4")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    ext, ref = tmp_path / "extended" / "run", tmp_path / "straight" / "run"
+    assert read(ext / "curves.json")["test"]["epochs"] == [2, 4]
+    assert read(ext / "curves.json") == read(ref / "curves.json")
+    assert read(ext / "results.json")["results"] == read(ref / "results.json")["results"]
+
+
 def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
     # killed after the test split's final epoch was checkpointed, while it was still being evaluated and exported
     # (no splits/test.json, no results.json): the resume trains nothing and reports the uninterrupted numbers

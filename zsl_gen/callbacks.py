@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from zsl_gen.data._io import atomic_write
@@ -61,6 +61,12 @@ class GZSLEvaluation(pl.Callback):
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         return epoch % self.every_n_epochs == 0 or last or bool(trainer.fast_dev_run)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a finished run extended to a longer schedule: its old last epoch was evaluated only for being the
+        # last (say 3 with eval_every=2); off the new schedule, it goes, so the curves equal a run trained to
+        # the new length in one go
+        self.records = [(e, c) for e, c in self.records if self._due(trainer, e)]
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if not self._due(trainer, epoch):
@@ -100,6 +106,29 @@ class GZSLEvaluation(pl.Callback):
                                                 T1=np.asarray(r["T1"]), gammas=tuple(r["gammas"]),
                                                 row_labels=r["row_labels"]))
                         for r in state_dict["records"]]
+
+
+class EvaluatedEpochCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that saves at exactly the epochs ``evaluation`` evaluated: every
+    ``eval_every``-th and the last, also where the schedule is not a multiple of ``eval_every`` (Lightning's
+    ``every_n_epochs`` would skip the last epoch there, leaving ``last.ckpt`` behind the reported numbers)."""
+
+    def __init__(self, evaluation: GZSLEvaluation, **kwargs: Any) -> None:
+        super().__init__(every_n_epochs=1, **kwargs)
+        self.evaluation = evaluation
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        records = self.evaluation.records
+        if records and records[-1][0] == trainer.current_epoch + 1:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    @property
+    def state_key(self) -> str:
+        # the key a ModelCheckpoint(every_n_epochs=eval_every) had: checkpoints of earlier versions restore
+        # their best score into this callback on resume
+        return "ModelCheckpoint" + repr({"monitor": self.monitor, "mode": self.mode, "every_n_train_steps": 0,
+                                          "every_n_epochs": self.evaluation.every_n_epochs,
+                                          "train_time_interval": None})
 
 
 class DivergenceGuard(pl.Callback):

@@ -21,10 +21,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from zsl_gen.callbacks import DivergenceGuard, GZSLEvaluation, StreamingCheckpointIO, progress_callbacks
+from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, StreamingCheckpointIO,
+                              progress_callbacks)
 from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.types import ZSLData
@@ -170,11 +170,11 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
     # protocol's H (val H on the val run; on the test run that is the `paper` choice)
     # (a callback of its own for last.ckpt: Lightning >= 2.5 rewrites `save_last=True`'s last.ckpt only in
     # the epochs where the top-k checkpoint changed, which would leave it at the best epoch, not the last)
-    checkpoints = [ModelCheckpoint(dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-                                   monitor=f"{data.split}/H", mode="max", save_top_k=1,
-                                   every_n_epochs=int(cfg.eval_every)),
-                   ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                                   every_n_epochs=int(cfg.eval_every), enable_version_counter=False)]
+    checkpoints = [EvaluatedEpochCheckpoint(evaluation, dirpath=ckpt_dir, filename="best-epoch{epoch:03d}",
+                                            auto_insert_metric_name=False, monitor=f"{data.split}/H", mode="max",
+                                            save_top_k=1),
+                   EvaluatedEpochCheckpoint(evaluation, dirpath=ckpt_dir, filename="last", monitor=None,
+                                            save_top_k=1, enable_version_counter=False)]
     # first among the epoch-end callbacks: a diverged epoch is neither evaluated nor checkpointed
     guard = DivergenceGuard(data.split, ckpt_dir, stop_factor=cfg.get("stop_on_explosion"))
     loggers = build_loggers(cfg, data.split, run_name=f"{cfg.generator.name}-{data.name}-seed{cfg.seed}")
