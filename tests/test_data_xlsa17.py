@@ -82,6 +82,17 @@ def test_v5_values_are_0_based_and_oriented(tmp_path):
     np.testing.assert_array_equal(raw.locs["trainval"], att["trainval_loc"].ravel().astype(int) - 1)
 
 
+@pytest.mark.parametrize("att_dim", [3, 10])  # fewer and more dimensions than the 6 classes
+def test_class_by_dim_semantics_without_names_are_read_by_the_labels(tmp_path, att_dim):
+    res, att = tiny_payloads()
+    semantics = np.random.default_rng(0).random((6, att_dim))  # C × A, the transpose of xlsa17's A × C
+    att["att"] = semantics
+    del att["allclasses_names"], att["original_att"]
+    raw = load_xlsa17(write_xlsa17(tmp_path, res, att), name="T")
+    assert raw.semantics.shape == (6, att_dim)
+    np.testing.assert_allclose(raw.semantics, semantics.astype(np.float32))
+
+
 def test_missing_optional_keys(tmp_path):
     res, att = tiny_payloads()
     for k in ("train_loc", "val_loc", "original_att", "allclasses_names"):

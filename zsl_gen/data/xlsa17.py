@@ -198,7 +198,7 @@ def semantic_matrix(value: Any, n_names: int | None, max_label: int, where: str)
     if n_names is not None:
         c_by_rows = a == n_names and c != n_names
     else:
-        c_by_rows = a == max_label and c < max_label
+        c_by_rows = a == max_label and c != max_label  # also C × A with A > C (e.g. 102 classes × 1024-d)
     if c_by_rows:
         return np.ascontiguousarray(arr, dtype=np.float32)
     return np.ascontiguousarray(arr.T, dtype=np.float32)
