@@ -165,6 +165,11 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     (["classifier.calibration=maybe"], "`classifier.calibration` must be true or false, got 'maybe'"),
     (["classifier.calibration_gammas=[nan]"], "`classifier.calibration_gammas` must be a list of finite numbers"),
     (["dataset.l2_semantics=1"], "`dataset.l2_semantics` must be true or false, got 1"),
+    # the simulated features exceed 1: the VAE's binary cross-entropy needs [0, 1] (was a torch error)
+    (["dataset.feature_scaling=none"], "the training features lie in [0, "),
+    (["dataset.feature_scaling=none"], "reconstructs them with binary cross-entropy, which needs [0, 1], and "
+                                       "dataset.feature_scaling=none keeps them as they are: set "
+                                       "dataset.feature_scaling=minmax"),
     (["selections=paper"], "must be a list, got the string 'paper': write selections=[paper]"),
     # keys Hydra lets in with `+` (its own advice for a typo) that no code reads would be ignored
     (["+generator.epoch=3"], "`generator.epoch` is not a generator setting and would be ignored; did you mean "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import hydra.utils
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -131,8 +132,17 @@ def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
     ds = cfg.dataset
     if not isinstance(ds.l2_semantics, bool):
         raise ConfigError(f"config field `dataset.l2_semantics` must be true or false, got {ds.l2_semantics!r}")
-    return build_protocol(raw, split, feature_scaling=ds.feature_scaling, l2_semantics=ds.l2_semantics,
+    data = build_protocol(raw, split, feature_scaling=ds.feature_scaling, l2_semantics=ds.l2_semantics,
                           val_seen_fraction=ds.val_seen_fraction, seed=cfg.seed)
+    target = OmegaConf.select(cfg, "generator.system._target_")
+    if ds.feature_scaling == "none" and target and getattr(hydra.utils.get_class(target), "RECONSTRUCTS_WITH_BCE", False):
+        low, high = float(data.train_x.min()), float(data.train_x.max())
+        if low < 0 or high > 1:
+            raise DataError(f"{origin_of(raw).features}: the training features lie in [{low:.4g}, {high:.4g}], but "
+                            f"generator={cfg.generator.name} reconstructs them with binary cross-entropy, which needs "
+                            "[0, 1], and dataset.feature_scaling=none keeps them as they are: set "
+                            "dataset.feature_scaling=minmax (or scale the features to [0, 1] yourself)")
+    return data
 
 
 class TrainedSplit(NamedTuple):

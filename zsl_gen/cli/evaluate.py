@@ -59,6 +59,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     """
     from zsl_gen.config import check_bf16_hardware, check_torch_device
     from zsl_gen.data import apply_feature_scaling, build_protocol
+    from zsl_gen.data.validate import origin_of
     from zsl_gen.errors import CheckpointError
     from zsl_gen.eval import train_and_evaluate
     from zsl_gen.export import load_generator, semantics_checksum
@@ -80,7 +81,14 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
         else "use classifier.precision=fp32"))
     raw = load_dataset(cfg.dataset)
     l2 = bool(meta["preprocessing"].get("semantics", {}).get("l2"))
-    data = build_protocol(raw, "test", feature_scaling="none", l2_semantics=l2, seed=cfg.seed)
+    # scaled below with the export's statistics, not refitted
+    data = build_protocol(raw, "test", feature_scaling="none", l2_semantics=l2, seed=cfg.seed, check_nonnegative=False)
+    if meta["preprocessing"]["features"].get("kind") != "minmax" and float(raw.features.min()) < 0:
+        raise CheckpointError(
+            f"{origin_of(raw).features} has negative values (min {float(raw.features.min()):.4g}), but the generator "
+            f"{cfg.export} was trained without feature scaling (dataset.feature_scaling=none) and outputs "
+            "non-negative features: evaluate it on non-negative features, or train one with "
+            "dataset.feature_scaling=minmax")
     if data.feature_dim != meta["feature_dim"] or data.semantic_dim != meta["semantic_dim"]:
         raise CheckpointError(
             f"{cfg.export}: generator expects {meta['feature_dim']}-d features and {meta['semantic_dim']}-d "

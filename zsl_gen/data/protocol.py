@@ -152,6 +152,7 @@ def build_protocol(
     l2_semantics: bool = False,
     val_seen_fraction: float = 0.2,
     seed: int = 0,
+    check_nonnegative: bool = True,
 ) -> ZSLData:
     """Apply an evaluation protocol and the preprocessing to a dataset.
 
@@ -166,6 +167,8 @@ def build_protocol(
         l2_semantics: L2-normalise every class's semantic row.
         val_seen_fraction: per-class hold-out share for ``split="val"``, in (0, 1).
         seed: seed of the ``split="val"`` hold-out.
+        check_nonnegative: refuse negative features with ``feature_scaling="none"`` (False: the caller scales
+            them afterwards, as zsl-eval does with an export's statistics).
 
     Returns:
         ``ZSLData`` with float32 ``(n, D)`` features, int64 global labels, ``(C, A)`` semantics and the
@@ -175,7 +178,8 @@ def build_protocol(
     check_choice("split", split, SPLITS)
     check_choice("feature_scaling", feature_scaling, FEATURE_SCALINGS)
     frac = check_fraction("val_seen_fraction", val_seen_fraction)
-    check_nonnegative_features(raw, feature_scaling)
+    if check_nonnegative:
+        check_nonnegative_features(raw, feature_scaling)
     tr, se, un = protocol_indices(raw, split, val_seen_fraction=frac, seed=seed)
 
     if feature_scaling == "minmax":

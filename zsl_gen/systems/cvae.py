@@ -33,6 +33,9 @@ class ConditionalVAE(GeneratorSystem):
             ``"none"``.
     """
 
+    # the VAE reconstruction loss is binary cross-entropy: training features must lie in [0, 1]
+    RECONSTRUCTS_WITH_BCE = True
+
     def __init__(
         self,
         feature_dim: int,
