@@ -90,6 +90,33 @@ def test_report_over_a_multirun_gives_mean_and_std_of_its_jobs(seed_multirun, tm
     assert "(2 results.json files)" in out
 
 
+def test_logged_s_u_h_are_one_classifier_epoch_and_gamma(monkeypatch):
+    # with calibration, the highest S sits at γ = 0 and the best H elsewhere: the logged triple is the best H's
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    import zsl_gen.callbacks
+    from zsl_gen.callbacks import GZSLEvaluation
+    from zsl_gen.eval.types import EvalCurves
+
+    s = np.array([[0.9, 0.6], [0.8, 0.7]])  # 2 classifier epochs x gammas (0, 0.5)
+    u = np.array([[0.1, 0.5], [0.2, 0.6]])
+    h = 2 * s * u / (s + u)
+    monkeypatch.setattr(zsl_gen.callbacks, "train_and_evaluate",
+                        lambda *a, **k: EvalCurves(S=s, U=u, H=h, T1=u, gammas=(0.0, 0.5)))
+    logged = {}
+    data = SimpleNamespace(split="val", train_x=torch.zeros(1))
+    module = SimpleNamespace(device=torch.device("cpu"), zero_grad=lambda **k: None, log_dict=lambda d, **k: logged.update(d),
+                             classifier_inputs=lambda *a: None)
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=1, fast_dev_run=False, optimizers=[])
+    evaluation = GZSLEvaluation(data, SimpleNamespace(feature_dtype=torch.float32), syn_num=1)
+    evaluation.on_train_epoch_end(trainer, module)
+    assert logged["val/H"] == pytest.approx(h[1, 1] * 100) and h[1, 1] == h.max()
+    assert logged["val/S"] == pytest.approx(70.0) and logged["val/U"] == pytest.approx(60.0)
+
+
 def test_csv_logger_writes_per_epoch_s_u_h(seed_multirun):
     metrics = seed_multirun / "0" / "csv" / "test" / "metrics.csv"
     rows = list(csv.DictReader(metrics.open()))
@@ -97,7 +124,12 @@ def test_csv_logger_writes_per_epoch_s_u_h(seed_multirun):
     h = [float(r["test/H"]) for r in rows if r["test/H"]]
     assert len(h) == 2  # one evaluation per generator epoch
     # the `paper` selection is the best H measured on test over all epochs: what the logger saw
-    assert max(h) == pytest.approx(results_of(seed_multirun / "0")["results"]["paper"]["gzsl"]["H"], abs=0.01)
+    paper = results_of(seed_multirun / "0")["results"]["paper"]["gzsl"]
+    assert max(h) == pytest.approx(paper["H"], abs=0.01)
+    # the logged S and U are those of the logged H (one classifier epoch), not each metric's own maximum
+    at_best = next(r for r in rows if r["test/H"] and float(r["test/H"]) == max(h))
+    assert float(at_best["test/S"]) == pytest.approx(paper["S"], abs=0.01)
+    assert float(at_best["test/U"]) == pytest.approx(paper["U"], abs=0.01)
     # the generator's training loss: one epoch mean per epoch (handed to Lightning at each epoch's last step)
     vae = [float(r["train/vae"]) for r in rows if r.get("train/vae")]
     assert len(vae) == 2 and all(math.isfinite(v) and v > 0 for v in vae)

@@ -88,11 +88,12 @@ class GZSLEvaluation(pl.Callback):
                 curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
             del inputs  # before the optimiser state comes back
         self.records.append((epoch, curves))
-        best = int(np.nanargmax(curves.H.max(axis=1)))
+        # S and U of the (classifier epoch, γ) with the best H: one consistent triple
+        best = np.unravel_index(int(np.nanargmax(curves.H)), curves.H.shape)
         split = self.data.split
-        pl_module.log_dict({f"{split}/S": float(curves.S[best].max()) * 100,
-                            f"{split}/U": float(curves.U[best].max()) * 100,
-                            f"{split}/H": float(curves.H.max()) * 100,
+        pl_module.log_dict({f"{split}/S": float(curves.S[best]) * 100,
+                            f"{split}/U": float(curves.U[best]) * 100,
+                            f"{split}/H": float(curves.H[best]) * 100,
                             f"{split}/T1": float(curves.T1.max()) * 100}, on_epoch=True)
 
     def state_dict(self) -> dict:

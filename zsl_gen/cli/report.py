@@ -149,9 +149,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1); NaN for one value, which has no spread to estimate."""
     mean = sum(values) / len(values)
     if len(values) < 2:
-        return mean, 0.0
+        return mean, math.nan
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
@@ -228,7 +229,7 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
     head = "| dataset | method | semantics | selection | n | S | U | H | T1 |" + (" setting |" if labelled else "")
     lines = [head, "|" + "---|" * (9 + labelled)]
     for e in table:
-        cells = [f"{e[m][0]:.2f} ± {e[m][1]:.2f}" for m in METRICS]
+        cells = [f"{e[m][0]:.2f}" + (f" ± {e[m][1]:.2f}" if e["n"] > 1 else "") for m in METRICS]
         optimistic = e.get("optimistic", 0)
         label = e["selection"] + (" (optimistic)" if optimistic and optimistic == e["n"] else
                                   f" (optimistic in {optimistic} of {e['n']})" if optimistic else
@@ -239,6 +240,8 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
                                                         if len(items) > MAX_LABEL_KEYS else "")
         lines.append(f"| {e['dataset']} | {e['method']} | {e['semantics']} | {label} | {n} | "
                      + " | ".join(cells) + " |" + (f" {setting} |" if labelled else ""))
+    lines.append("")
+    lines.append("mean ± sample standard deviation (n − 1) over the seeds; a single seed has no ±.")
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +253,8 @@ def to_csv(table: list[dict[str, Any]]) -> str:
                     + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["setting"])
     for e in table:
         writer.writerow([*(e[k] for k in KEY_FIELDS), e["n"], " ".join(map(str, e["seeds"])), e.get("stopped_early", 0)]
-                        + [f"{v:.4f}" for m in METRICS for v in e[m]] + ["; ".join(e.get("setting") or [])])
+                        + ["" if math.isnan(v) else f"{v:.4f}" for m in METRICS for v in e[m]]
+                        + ["; ".join(e.get("setting") or [])])
     return buf.getvalue()
 
 
