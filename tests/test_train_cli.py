@@ -484,3 +484,24 @@ def test_data_under_a_benchmark_name_without_its_classes_is_warned_about(caplog)
         check_benchmark_shape(make_synthetic(n_classes=200, n_unseen=50, samples_per_class=3, name="CUB"))
         check_benchmark_shape(make_synthetic(n_classes=12, n_unseen=3, samples_per_class=3, name="MINE"))
     assert caplog.text == ""
+
+
+def test_a_val_selection_among_all_zero_h_is_flagged_as_arbitrary(tmp_path, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    import zsl_gen.callbacks
+
+    real = zsl_gen.callbacks.train_and_evaluate
+
+    def never_right_on_unseen(*args, **kwargs):  # U = 0 everywhere, so H = 0
+        curves = real(*args, **kwargs)
+        return dataclasses.replace(curves, U=np.zeros_like(curves.U), H=np.zeros_like(curves.H))
+
+    monkeypatch.setattr(zsl_gen.callbacks, "train_and_evaluate", never_right_on_unseen)
+    proc = zsl_train(tmp_path, *TINY, "logger=none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert any("split=val's H is 0 at every evaluated epoch" in w and "arbitrary" in w for w in results["warnings"])
+    assert "split=val's H is 0" in (tmp_path / "run" / "train.log").read_text()

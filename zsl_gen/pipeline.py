@@ -534,6 +534,12 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     # what training ran on (Lightning's DDP launcher may have changed it since the run began)
     code_versions = {**code_versions, "torch_threads": torch.get_num_threads()}
     exported = cfg.generator.name != "eszsl" and "test" in splits
+    if {"val", "val_split"} & set(selections) and not np.nanmax(stacks["val"].metrics["H"]) > 0:
+        # every candidate ties at H = 0: the choice below (the earliest) says nothing about the epochs
+        flat = ("split=val's H is 0 at every evaluated epoch and classifier epoch, so the val selection's choice "
+                "(the earliest) is arbitrary: train longer (generator.epochs) or check the data")
+        log.warning(flat)
+        training_warnings.append(flat)
     results = {
         "created": utc_now(),
         "method": cfg.generator.name,
