@@ -92,26 +92,37 @@ def test_l2_semantics(raw):
     assert not np.allclose(build_protocol(r).semantics.norm(dim=1).numpy(), 1.0)
 
 
-def test_val_protocol_holdout(raw):
-    d = build_protocol(raw, "val", feature_scaling="none", val_seen_fraction=0.2, seed=5)
+@pytest.mark.parametrize("excludes_test", [True, False])
+def test_val_protocol_holdout(raw, excludes_test):
+    # as in xlsa17, the simulated train_loc/val_loc also hold the test_seen images of their classes
+    test_seen = set(raw.locs["test_seen"])
+    assert test_seen & set(raw.locs["train"]) and test_seen & set(raw.locs["val"])
+    d = build_protocol(raw, "val", feature_scaling="none", val_seen_fraction=0.2, seed=5,
+                      val_excludes_test=excludes_test)
     tr, se, un = (_rows(raw, t.numpy()) for t in (d.train_x, d.seen_x, d.unseen_x))
-    # disjoint, and together exactly the train_loc samples plus the val_loc samples
+    # disjoint, and together exactly the train_loc samples plus the val_loc samples (their trainval ones:
+    # no test image is trained on or scored on split=val)
     assert not (set(tr) & set(se)) and not (set(tr) & set(un)) and not (set(se) & set(un))
-    np.testing.assert_array_equal(np.sort(np.concatenate([tr, se])), np.sort(raw.locs["train"]))
-    np.testing.assert_array_equal(np.sort(un), np.sort(raw.locs["val"]))
+    train_loc, val_loc = raw.locs["train"], raw.locs["val"]
+    if excludes_test:
+        train_loc, val_loc = (np.setdiff1d(loc, raw.locs["test_seen"]) for loc in (train_loc, val_loc))
+        assert not (set(tr) | set(se) | set(un)) & (test_seen | set(raw.locs["test_unseen"]))
+    np.testing.assert_array_equal(np.sort(np.concatenate([tr, se])), np.sort(train_loc))
+    np.testing.assert_array_equal(np.sort(un), np.sort(val_loc))
     val_classes = np.unique(raw.labels[raw.locs["val"]])
     np.testing.assert_array_equal(d.unseen_classes.numpy(), val_classes)
     assert not set(d.seen_classes.numpy()) & set(val_classes)
     assert not set(d.seen_classes.numpy()) & set(raw.unseen_classes)  # test classes stay untouched
     for c in d.seen_classes.numpy():  # per-class fraction
-        n_c = int(np.sum(raw.labels[raw.locs["train"]] == c))
+        n_c = int(np.sum(raw.labels[train_loc] == c))
         assert int(np.sum(d.seen_y.numpy() == c)) == holdout_count(n_c, 0.2)
-    scaled = build_protocol(raw, "val", val_seen_fraction=0.2, seed=5)
+    scaled = build_protocol(raw, "val", val_seen_fraction=0.2, seed=5, val_excludes_test=excludes_test)
     prep = scaled.preprocessing
     assert prep["features"]["fitted_on"].startswith("train") and prep["features"]["n_fit"] == tr.size
     np.testing.assert_allclose(prep["features"]["min"], raw.features[tr].min(0))
     np.testing.assert_allclose(prep["features"]["max"], raw.features[tr].max(0))
     assert prep["split"] == "val" and prep["seed"] == 5 and prep["val_seen_fraction"] == 0.2
+    assert prep["val_excludes_test"] is excludes_test
     assert torch.equal(scaled.seen_y, d.seen_y)
 
 
@@ -152,3 +163,19 @@ def test_bad_config_values(raw, kw, field):
     with pytest.raises(ConfigError) as ei:
         build_protocol(raw, **kw)
     assert_user_error(ei, f"{field}=")
+
+
+def test_val_excluding_test_images_that_leaves_nothing_is_one_clear_error(raw):
+    from dataclasses import replace
+
+    from zsl_gen.errors import DataError
+
+    # a val list holding only test_seen images (e.g. an older release's locations)
+    only_test = raw.locs["test_seen"][np.isin(raw.labels[raw.locs["test_seen"]], np.unique(raw.labels[raw.locs["val"]]))]
+    odd = replace(raw, locs={**raw.locs, "val": only_test})
+    with pytest.raises(DataError, match=r"split 'val'.*none of its samples is in split 'trainval'.*"
+                                        r"dataset.val_excludes_test=false"):
+        build_protocol(odd, "val")
+    assert build_protocol(odd, "val", val_excludes_test=False).unseen_x.shape[0] == only_test.size
+    with pytest.raises(ConfigError, match="`dataset.val_excludes_test` must be true or false, got 'yes'"):
+        build_protocol(raw, "val", val_excludes_test="yes")

@@ -133,7 +133,8 @@ def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
     if not isinstance(ds.l2_semantics, bool):
         raise ConfigError(f"config field `dataset.l2_semantics` must be true or false, got {ds.l2_semantics!r}")
     data = build_protocol(raw, split, feature_scaling=ds.feature_scaling, l2_semantics=ds.l2_semantics,
-                          val_seen_fraction=ds.val_seen_fraction, seed=cfg.seed)
+                          val_seen_fraction=ds.val_seen_fraction, seed=cfg.seed,
+                          val_excludes_test=ds.get("val_excludes_test", True))
     target = OmegaConf.select(cfg, "generator.system._target_")
     if ds.feature_scaling == "none" and target and getattr(hydra.utils.get_class(target), "RECONSTRUCTS_WITH_BCE", False):
         low, high = float(data.train_x.min()), float(data.train_x.max())
@@ -548,7 +549,8 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
         "protocol": {"selections": selections, "paper_selection": paper_rule, "splits_run": splits,
                      "eval_every": int(cfg.eval_every),
                      "generator_epochs": generator_epochs(cfg) if cfg.generator.name != "eszsl" else None,
-                     "val_seen_fraction": float(cfg.dataset.val_seen_fraction)},
+                     "val_seen_fraction": float(cfg.dataset.val_seen_fraction),
+                     "val_excludes_test": bool(cfg.dataset.get("val_excludes_test", True))},
         "results": select(stacks, selections, stopped=set(stopped_early), paper=paper_rule),
         "timing": timing,
         "warnings": training_warnings,

@@ -20,8 +20,9 @@ from zsl_gen.data.validate import (
     check_fraction,
     check_nonnegative_features,
     check_val_split,
+    origin_of,
 )
-from zsl_gen.errors import ConfigError
+from zsl_gen.errors import ConfigError, DataError
 
 SPLITS = ("test", "val")
 FEATURE_SCALINGS = ("minmax", "none")
@@ -132,7 +133,7 @@ def l2_rows(s: np.ndarray) -> np.ndarray:
 
 
 def protocol_indices(
-    raw: RawDataset, split: str, *, val_seen_fraction: float = 0.2, seed: int = 0
+    raw: RawDataset, split: str, *, val_seen_fraction: float = 0.2, seed: int = 0, val_excludes_test: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(train, seen_eval, unseen_eval)`` row indices of a protocol (see ``build_protocol``)."""
     check_choice("split", split, SPLITS)
@@ -140,8 +141,19 @@ def protocol_indices(
     if split == "test":
         return raw.locs["trainval"], raw.locs["test_seen"], raw.locs["test_unseen"]
     check_val_split(raw)
-    train, held = per_class_holdout(raw.locs["train"], raw.labels, frac, np.random.default_rng(seed))
-    return train, held, raw.locs["val"]
+    train_rows, val_rows = raw.locs["train"], raw.locs["val"]
+    if val_excludes_test:
+        # xlsa17's train_loc ∪ val_loc = trainval_loc ∪ test_seen_loc: keep split=val off the test images
+        train_rows = train_rows[np.isin(train_rows, raw.locs["trainval"])]
+        val_rows = val_rows[np.isin(val_rows, raw.locs["trainval"])]
+        if train_rows.size == 0 or val_rows.size == 0:
+            origin = origin_of(raw)
+            empty = "train" if train_rows.size == 0 else "val"
+            raise DataError(f"{origin.loc(empty)}: none of its samples is in {origin.loc('trainval')}, so with "
+                            "dataset.val_excludes_test=true (no test image in split=val) nothing is left; check the "
+                            "split lists, or set dataset.val_excludes_test=false to use them as they are")
+    train, held = per_class_holdout(train_rows, raw.labels, frac, np.random.default_rng(seed))
+    return train, held, val_rows
 
 
 def build_protocol(
@@ -153,6 +165,7 @@ def build_protocol(
     val_seen_fraction: float = 0.2,
     seed: int = 0,
     check_nonnegative: bool = True,
+    val_excludes_test: bool = True,
 ) -> ZSLData:
     """Apply an evaluation protocol and the preprocessing to a dataset.
 
@@ -167,6 +180,9 @@ def build_protocol(
         l2_semantics: L2-normalise every class's semantic row.
         val_seen_fraction: per-class hold-out share for ``split="val"``, in (0, 1).
         seed: seed of the ``split="val"`` hold-out.
+        val_excludes_test: for ``split="val"``, only the ``trainval`` samples of ``train``/``val`` (xlsa17's
+            ``train_loc``/``val_loc`` also hold every ``test_seen`` image of their classes): no test image is
+            trained on or scored by split=val, so nothing chosen on it has seen one. False: the lists as given.
         check_nonnegative: refuse negative features with ``feature_scaling="none"`` (False: the caller scales
             them afterwards, as zsl-eval does with an export's statistics).
 
@@ -180,7 +196,9 @@ def build_protocol(
     frac = check_fraction("val_seen_fraction", val_seen_fraction)
     if check_nonnegative:
         check_nonnegative_features(raw, feature_scaling)
-    tr, se, un = protocol_indices(raw, split, val_seen_fraction=frac, seed=seed)
+    if not isinstance(val_excludes_test, bool):
+        raise ConfigError(f"config field `dataset.val_excludes_test` must be true or false, got {val_excludes_test!r}")
+    tr, se, un = protocol_indices(raw, split, val_seen_fraction=frac, seed=seed, val_excludes_test=val_excludes_test)
 
     if feature_scaling == "minmax":
         feat_prep = fit_minmax(raw.features[tr])
@@ -197,7 +215,7 @@ def build_protocol(
         "split": split,
     }
     if split == "val":
-        preprocessing.update(val_seen_fraction=frac, seed=int(seed))
+        preprocessing.update(val_seen_fraction=frac, seed=int(seed), val_excludes_test=val_excludes_test)
 
     y = raw.labels.astype(np.int64)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731

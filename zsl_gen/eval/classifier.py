@@ -57,7 +57,8 @@ class ClassifierConfig:
             ``classifier2.py``, default) or ``"xavier"`` Xavier-uniform with gain 0.5 (CADA-VAE's
             ``weights_init``).
         drop_last: drop each epoch's last, smaller batch (CADA-VAE's ``DataLoader(drop_last=True)``);
-            default False: it is a step of its own, as in ``classifier2.py``.
+            default False: it is a step of its own (``classifier2.py``'s ``next_batch`` instead fills it
+            up with the next epoch's first samples, so its batches are all full; same number of steps).
     """
 
     epochs: int = 25
