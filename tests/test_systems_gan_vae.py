@@ -524,8 +524,9 @@ def test_experiment_composes_and_builds(experiment):
     assert cfg.generator.name == gen_name
     assert (cfg.dataset.name, cfg.dataset.semantic_space) == DATASETS[dataset]
     # tf-VAEGAN's loader L2-normalises the semantics, and so do the f-VAEGAN recipes borrowed from its scripts
-    # (every dataset but CUB with attributes, which follows GASL's re-implementation)
-    assert cfg.dataset.l2_semantics is (gen_name == "tfvaegan" or (gen_name == "fvaegan" and dataset != "cub"))
+    # (every dataset but CUB with attributes, which follows GASL's re-implementation) and the f-VAE recipes
+    # that copy them
+    assert cfg.dataset.l2_semantics is (gen_name == "tfvaegan" or (gen_name in ("fvaegan", "cvae") and dataset != "cub"))
     assert cfg.classifier.batch_size == cfg.generator.syn_num
     system = instantiate(cfg.generator.system, feature_dim=16, semantic_dim=6, hidden_dim=8)
     assert type(system) is SYSTEMS[gen_name]

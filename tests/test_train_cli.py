@@ -75,7 +75,7 @@ def test_same_seed_same_numbers_other_seed_other_split(tmp_path):
     ("classifier.lr=0", "lr"),
     ("dataset.feature_scaling=zscore", "feature_scaling"),
     ("keep_freed_memory=maybe", "config field `keep_freed_memory` must be true or false"),
-    ("paper_selection=final", "config field `paper_selection` must be one of ['best', 'last']"),
+    ("paper_selection=final", "config field `paper_selection` must be one of ['best', 'best_at_last_epoch', 'last']"),
     ("offload_optimizer_state_mb=-1", "config field `offload_optimizer_state_mb` must be a number >= 0"),
 ])
 def test_bad_config_values_are_one_clear_line(tmp_path, override, message):
