@@ -153,6 +153,27 @@ def test_a_schedule_off_the_eval_grid_checkpoints_its_last_epoch_and_extends_as_
     assert read(ext / "results.json")["results"] == read(ref / "results.json")["results"]
 
 
+def test_a_changed_learning_rate_applies_to_the_continued_training(tmp_path, monkeypatch):
+    # the README's "continue a stopped split with a lower generator.system.lr": the restored optimiser state
+    # must not bring the old rate back
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = (*ARGS[:2], "selections=[paper]", *ARGS[3:], "logger=none")
+    short = zsl_train(tmp_path / "short", *args, "generator.epochs=2")
+    assert short.returncode == 0, short.stderr[-2000:]
+    last = tmp_path / "short" / "run" / "checkpoints" / "test" / "last.ckpt"
+    rates = {}
+    for name, lr in (("same", None), ("lower", "5e-4")):
+        extra = [f"generator.system.lr={lr}"] if lr else []
+        proc = zsl_train(tmp_path / name, *args, "generator.epochs=3", f"ckpt_path={last}", *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        state = torch.load(tmp_path / name / "run" / "checkpoints" / "test" / "last.ckpt", map_location="cpu",
+                           weights_only=True)
+        rates[name] = {g["lr"] for opt in state["optimizer_states"] for g in opt["param_groups"]}
+    assert rates == {"same": {1e-3}, "lower": {5e-4}}
+    same, lower = (read(tmp_path / n / "run" / "curves.json")["test"] for n in ("same", "lower"))
+    assert same["H"][:2] == lower["H"][:2] and same["H"][2] != lower["H"][2]  # epoch 3 trained at the new rate
+
+
 def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
     # killed after the test split's final epoch was checkpointed, while it was still being evaluated and exported
     # (no splits/test.json, no results.json): the resume trains nothing and reports the uninterrupted numbers

@@ -192,6 +192,15 @@ class GeneratorSystem(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._data = self.data.to(self.device)
 
+    def on_train_start(self) -> None:
+        # A resumed run gets its optimisers' param groups back from the checkpoint, hyper-parameters included:
+        # the settings this run was given (a lower generator.system.lr after a divergence) must win, so every
+        # group takes lr, betas, ... from a fresh configure_optimizers() (a no-op for an unchanged resume).
+        fresh = self.configure_optimizers()
+        for restored, new in zip(self.trainer.optimizers, fresh if isinstance(fresh, (list, tuple)) else [fresh]):
+            for group, new_group in zip(restored.param_groups, new.param_groups, strict=True):
+                group.update({k: v for k, v in new_group.items() if k != "params"})
+
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
         # Noise is drawn from the global RNG; reseeding per (seed, epoch) at the epoch's first batch (after
         # the DataLoader has drawn its own seed) makes a run resumed from an epoch-end checkpoint continue
