@@ -275,18 +275,62 @@ def test_resuming_with_other_settings_never_relabels_the_old_numbers(tmp_path, m
         assert proc.returncode == 2 and len(lines) == 1 and shown in lines[0], proc.stderr[-2000:]
         assert "Resume with the old run's overrides" in lines[0]
         assert not (tmp_path / change.replace("=", "_") / "run" / "results.json").exists()
-    # extended with another seed: the continuation trains, and results.json says what changed
-    extended = zsl_train(tmp_path / "extended", *args, "generator.epochs=3", "seed=1", f"ckpt_path={last}")
+    # where training continues, a new seed, data or classifier would make one run of two settings (its
+    # epochs 1-2 under seed 0, the rest under seed 1: "seed 1" in zsl-report): refused
+    for change, shown in (("seed=1", "seed: 0 -> 1"), ("dataset.synthetic.seed=1", "dataset.synthetic.seed: 0 -> 1"),
+                          ("classifier.epochs=3", "classifier.epochs: 2 -> 3")):
+        proc = zsl_train(tmp_path / ("x" + change.replace("=", "_")), *args, "generator.epochs=3", change,
+                         f"ckpt_path={last}")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and shown in lines[0], proc.stderr[-2000:]
+        assert "a split continues only on its run's data, seed, evaluation and classifier settings" in lines[0]
+    # an optimisation setting may change: the continuation trains, and results.json says what changed
+    extended = zsl_train(tmp_path / "extended", *args, "generator.epochs=3", "generator.system.beta1=0.9",
+                         f"ckpt_path={last}")
     assert extended.returncode == 0, extended.stderr[-2000:]
     results = read(tmp_path / "extended" / "run" / "results.json")
-    assert results["seed"] == 1 and read(tmp_path / "extended" / "run" / "curves.json")["test"]["epochs"] == [1, 2, 3]
+    assert read(tmp_path / "extended" / "run" / "curves.json")["test"]["epochs"] == [1, 2, 3]
     (warning,) = results["warnings"]
-    assert "continues from" in warning and "seed: 0 -> 1" in warning and "ran with the old ones" in warning
+    assert "continues from" in warning and "generator.system.beta1: 0.5 -> 0.9" in warning
+    # a layer size the checkpoint does not have: one line, before anything trains
+    proc = zsl_train(tmp_path / "wider", *args, "generator.epochs=3", "generator.system.hidden_dim=32",
+                     f"ckpt_path={last}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"error: {last}: its network does not fit this run's generator settings (" in lines[0]
+    assert "(64,) saved, (32,) now" in lines[0] and not (tmp_path / "wider" / "run" / "checkpoints").exists()
     # the old run's own settings (trainer, logger and memory settings may differ) read it back as before
     again = zsl_train(tmp_path / "again", *args, "keep_freed_memory=false", f"ckpt_path={last}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert read(tmp_path / "again" / "run" / "results.json")["results"] == \
         read(tmp_path / "first" / "run" / "results.json")["results"]
+
+
+def test_resuming_on_other_data_files_is_refused(tmp_path, monkeypatch):
+    # data_dir may move, the files may not change: the checkpoint records their sha256
+    from dataclasses import replace
+
+    import numpy as np
+
+    from zsl_gen.data import make_synthetic
+    from zsl_gen.data.byo import save_byo
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    raw = make_synthetic(seed=0, n_classes=12, n_unseen=3, n_val_classes=3, feature_dim=32, semantic_dim=8)
+    save_byo(raw, tmp_path / "data")
+    shutil.copytree(tmp_path / "data", tmp_path / "moved")
+    save_byo(replace(raw, features=raw.features * np.float32(0.5)), tmp_path / "other")
+    args = (*TINY, "selections=[paper]", "logger=none", "dataset=byo")
+    first = zsl_train(tmp_path / "first", *args, f"data_dir={tmp_path / 'data'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = tmp_path / "first" / "run" / "checkpoints" / "test" / "last.ckpt"
+    moved = zsl_train(tmp_path / "m", *args, "generator.epochs=3", f"data_dir={tmp_path / 'moved'}", f"ckpt_path={last}")
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    other = zsl_train(tmp_path / "o", *args, "generator.epochs=3", f"data_dir={tmp_path / 'other'}", f"ckpt_path={last}")
+    lines = [line for line in other.stderr.splitlines() if line.strip()]
+    assert other.returncode == 2 and len(lines) == 1, other.stderr[-2000:]
+    assert lines[0].startswith(f"error: {last}: trained on other data files than this run reads (")
+    assert not (tmp_path / "o" / "run" / "checkpoints").exists()
 
 
 def test_extending_a_capped_default_run_is_not_a_changed_setting():

@@ -244,6 +244,10 @@ class ResumePlan:
     run_dir: Path | None = None
     split: str | None = None
     ckpt_path: Path | None = None
+    # what the checkpoint was trained on: the data files' sha256 (None: a checkpoint of an earlier version or
+    # of a simulated dataset, whose config is compared instead) and (feature_dim, semantic_dim)
+    data_sha256: list[str] | None = None
+    dims: tuple[int, int] | None = None
     finished: dict[str, CurveStack] = field(default_factory=dict)
     finished_warnings: dict[str, list[str]] = field(default_factory=dict)  # each finished split's DivergenceGuard
     finished_stopped: dict[str, dict[str, Any]] = field(default_factory=dict)  # finished splits that stopped early
@@ -255,6 +259,12 @@ class ResumePlan:
 RESULT_SETTINGS = ("seed", "selections", "paper_selection", "eval_every", "dataset", "generator", "classifier",
                    "trainer.precision")
 RESUME_MAY_CHANGE = ("generator.epochs", "dataset.data_dir", "dataset.max_generator_epochs")
+# What may differ where the checkpoint's split trains on: optimisation settings, the precision and the rule
+# the paper number is read with. Data, seed, evaluation and classifier settings may not: the split's earlier
+# epochs and any split read back were made with the old ones, and one run would mix two settings.
+CONTINUE_MAY_CHANGE = ("generator.system.", "trainer.precision", "paper_selection")
+# Settings added later, as runs made before them behaved (an older run's config has no such key)
+EARLIER_BEHAVIOUR = {"dataset.val_excludes_test": False}
 
 
 def _flat(node: Any, prefix: str) -> dict[str, Any]:
@@ -274,6 +284,8 @@ def changed_settings(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, A
             value = OmegaConf.select(cfg, key, default=None)
             value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig | ListConfig) else value
             flat.update(_flat(value, key))
+    for key, value in EARLIER_BEHAVIOUR.items():
+        before.setdefault(key, value)
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k) and k not in RESUME_MAY_CHANGE}
 
@@ -290,12 +302,15 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: expected <run dir>/checkpoints/<{'|'.join(splits)}>/last.ckpt "
                           "of a zsl-train run with the same selections")
     try:
-        torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{ckpt}: unreadable checkpoint ({type(err).__name__}: {str(err)[:200]}); it may be "
                               "truncated — resume from another checkpoint or start over") from None
     run_dir = ckpt.parents[2]
-    plan = ResumePlan(run_dir=run_dir, split=split, ckpt_path=ckpt)
+    hp = state.get("hyper_parameters") or {}
+    plan = ResumePlan(run_dir=run_dir, split=split, ckpt_path=ckpt, data_sha256=state.get("data_sha256"),
+                      dims=(int(hp["feature_dim"]), int(hp["semantic_dim"])) if {"feature_dim", "semantic_dim"} <= set(hp)
+                      else None)
     epochs = generator_epochs(cfg)
     for earlier in splits[:splits.index(split) + 1]:
         record = run_dir / "splits" / f"{earlier}.json"
@@ -326,7 +341,35 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
             if stopped:
                 plan.finished_stopped[earlier] = stopped
     _check_resumed_settings(cfg, plan)
+    if plan.dims is not None:
+        check_checkpoint_fits(cfg, state, ckpt, plan.dims)
     return plan
+
+
+def check_checkpoint_fits(cfg: DictConfig, state: dict, ckpt: Path, dims: tuple[int, int]) -> None:
+    """The network ``cfg.generator.system`` builds must have the checkpoint's parameter shapes: a changed layer
+    size would otherwise fail deep inside Lightning's loading. Built on the meta device (no memory)."""
+    with torch.device("meta"):
+        fresh = instantiate(cfg.generator.system, feature_dim=dims[0], semantic_dim=dims[1]).state_dict()
+    saved = state.get("state_dict") or {}
+    wrong = [f"{k}: {tuple(saved[k].shape)} saved, {tuple(v.shape)} now" if k in saved else f"{k}: not saved"
+             for k, v in fresh.items() if k not in saved or tuple(saved[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{ckpt}: its network does not fit this run's generator settings ({'; '.join(wrong[:2])}"
+                              f"{f'; and {len(wrong) - 2} more' if len(wrong) > 2 else ''}): the layer sizes "
+                              "(generator.system.hidden_dim, ...) must be the run's own; resume with its overrides")
+
+
+def check_resumed_data(resume: ResumePlan, record: dict[str, Any], data: ZSLData) -> None:
+    """The data a resumed run reads must be the data its checkpoint was trained on (data_dir may move)."""
+    if resume.dims is not None and (data.feature_dim, data.semantic_dim) != resume.dims:
+        raise CheckpointError(f"{resume.ckpt_path}: trained on {resume.dims[0]}-d features and {resume.dims[1]}-d "
+                              f"semantics, but this run's data has {data.feature_dim} and {data.semantic_dim}: resume "
+                              "on the data the run was trained on")
+    if resume.data_sha256 is not None and sorted(record.get("files", {}).values()) != resume.data_sha256:
+        raise CheckpointError(f"{resume.ckpt_path}: trained on other data files than this run reads "
+                              f"({', '.join(sorted(record.get('files', {})))}: other sha256): resume on the data the "
+                              "run was trained on (data_dir may point elsewhere, the files must be the same)")
 
 
 def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
@@ -362,6 +405,15 @@ def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
             f"ckpt_path={plan.ckpt_path}: this run's settings differ from those of {plan.run_dir} ({shown}), and "
             f"{why}. Resume with the old run's overrides ({old_path.parent / 'overrides.yaml'}) — a larger "
             "generator.epochs extends it — or start a new run without ckpt_path")
+    fixed = [k for k in changed if not k.startswith(CONTINUE_MAY_CHANGE)]
+    if fixed:
+        listed = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed[:4]) + (
+            f"; and {len(fixed) - 4} more" if len(fixed) > 4 else "")
+        raise ConfigError(
+            f"ckpt_path={plan.ckpt_path}: {listed} differ from {plan.run_dir}'s settings; a split continues only on "
+            "its run's data, seed, evaluation and classifier settings (when training continues, only "
+            "generator.system.* such as a lower lr, trainer.precision and paper_selection may change). Resume with "
+            f"the old run's overrides ({old_path.parent / 'overrides.yaml'}), or start a new run without ckpt_path")
     message = (f"split={plan.split} continues from {plan.ckpt_path} with other settings than its run ({shown}): "
                "its earlier epochs, and any split read back, ran with the old ones")
     log.warning(message)
@@ -492,6 +544,8 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     for split in splits:
         data = None  # an earlier split's data is not needed to build this one's (AWA2: 193 MB more at the read)
         data, record = split_data(cfg, split, record)
+        if split == splits[0] and resume.run_dir is not None:
+            check_resumed_data(resume, record, data)
         release_freed_memory()  # the read's transients (keep_freed_memory holds them from a split's training on)
         start = time.perf_counter()
         split_warnings: list[str] = []

@@ -192,6 +192,11 @@ class GeneratorSystem(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._data = self.data.to(self.device)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # what the weights were trained on, so a resume on other data files is refused (zsl_gen.pipeline)
+        if self._data is not None:
+            checkpoint["data_sha256"] = sorted(self._data.files.values())
+
     def on_train_start(self) -> None:
         # A resumed run gets its optimisers' param groups back from the checkpoint, hyper-parameters included:
         # the settings this run was given (a lower generator.system.lr after a divergence) must win, so every
