@@ -460,6 +460,38 @@ def test_eval_on_negative_features_uses_the_exports_scaling_and_refuses_only_an_
         "trained without feature scaling" in lines[0] and "dataset.feature_scaling=minmax" in lines[0]
 
 
+def test_eval_with_the_exports_seed_reproduces_the_runs_last_epoch(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    proc = zsl_eval(tmp_path, f"generator={trained['export']}")
+    assert proc.returncode == 0, proc.stderr
+    run_curves = json.loads((trained["run"] / "curves.json").read_text())["test"]
+    eval_curves = json.loads((tmp_path / "eval" / "curves.json").read_text())["test"]
+    for metric in ("S", "U", "H", "T1"):
+        assert eval_curves[metric][0] == run_curves[metric][-1]  # the run's last evaluated epoch, exactly
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["seed"] == 0 and results["dataset"]["preprocessing"] == {
+        "feature_scaling": "minmax", "l2_semantics": False, "from": "the export"}
+    other = zsl_eval(tmp_path / "other", f"generator={trained['export']}", "seed=5")
+    assert other.returncode == 0, other.stderr
+    assert json.loads((tmp_path / "other" / "eval" / "curves.json").read_text())["test"]["H"] != eval_curves["H"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.feature_scaling=none", "error: dataset.feature_scaling: zsl-eval preprocesses the data as the "
+                                     "generator was trained"),
+    ("dataset.l2_semantics=true", "error: dataset.l2_semantics: zsl-eval preprocesses"),
+    ("+classifier.epoch=5", "error: config field `classifier.epoch` is not a classifier setting and would be "
+                            "ignored; did you mean `classifier.epochs`?"),
+    ("+foo=1", "error: config field `foo` is not a zsl-eval setting"),
+])
+def test_eval_refuses_settings_it_would_ignore(trained, tmp_path, monkeypatch, override, message):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    proc = zsl_eval(tmp_path, f"generator={trained['export']}", override)
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
 def test_eval_classifier_settings_can_be_overridden(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     proc = zsl_eval(tmp_path, f"generator={trained['export']}", "classifier_from_export=false",

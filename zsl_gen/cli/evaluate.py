@@ -37,7 +37,7 @@ def check_eval_config(cfg: DictConfig) -> None:
                           "exported)")
     for key, minimum in (("seed", 0), ("syn_num", 1)):
         value = cfg.get(key)
-        if key == "syn_num" and value is None:
+        if value is None:
             continue
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
             raise ConfigError(f"config field `{key}` must be an integer >= {minimum}, got {value!r}")
@@ -51,13 +51,16 @@ def command_line_keys(group: str, overrides) -> set[str]:
     return {override_key(o).split(".")[1] for o in overrides if override_key(o).startswith(group + ".")}
 
 
-def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[str] | frozenset = frozenset()) -> dict:
+def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[str] | frozenset = frozenset(),
+                    explicit_dataset: set[str] | frozenset = frozenset()) -> dict:
     """Evaluate ``cfg.export`` on ``cfg.dataset``; write and return its results.
 
+    ``explicit_dataset``: the ``dataset`` fields given on the command line (preprocessing ones are refused).
     ``explicit_classifier``: the ``classifier`` fields given on the command line; with
     ``classifier_from_export`` they keep their given values, every other field takes the export's.
     """
-    from zsl_gen.config import check_bf16_hardware, check_torch_device
+    from zsl_gen.config import check_bf16_hardware, check_known_fields, check_torch_device
+    from zsl_gen.errors import ConfigError
     from zsl_gen.data import apply_feature_scaling, build_protocol
     from zsl_gen.data.validate import origin_of
     from zsl_gen.errors import CheckpointError
@@ -68,9 +71,19 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 
     check_eval_config(cfg)
+    check_known_fields(cfg, "eval")
+    given = sorted(k for k in explicit_dataset if k in ("feature_scaling", "l2_semantics"))
+    if given:
+        raise ConfigError(f"{', '.join(f'dataset.{k}' for k in given)}: zsl-eval preprocesses the data as the generator "
+                          "was trained (the export's MinMax statistics and L2 setting), so this would be ignored; "
+                          "remove it")
     check_torch_device(str(cfg.device))
     generator = load_generator(cfg.export, device=cfg.device)
     meta = generator.meta
+    seed = int(cfg.seed if cfg.seed is not None else meta.get("seed", 0))
+    OmegaConf.update(cfg, "seed", seed)
+    # the seeds the run's own evaluation of its last epoch drew with (callbacks.GZSLEvaluation)
+    eval_seed = seed * 1_000_003 + int(meta.get("epochs", 0))
     syn_num = int(cfg.syn_num if cfg.syn_num is not None else meta.get("syn_num", 300))
     OmegaConf.update(cfg, "syn_num", syn_num)
     if cfg.classifier_from_export and meta.get("classifier"):
@@ -82,7 +95,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     raw = load_dataset(cfg.dataset)
     l2 = bool(meta["preprocessing"].get("semantics", {}).get("l2"))
     # scaled below with the export's statistics, not refitted
-    data = build_protocol(raw, "test", feature_scaling="none", l2_semantics=l2, seed=cfg.seed, check_nonnegative=False)
+    data = build_protocol(raw, "test", feature_scaling="none", l2_semantics=l2, seed=seed, check_nonnegative=False)
     if meta["preprocessing"]["features"].get("kind") != "minmax" and float(raw.features.min()) < 0:
         raise CheckpointError(
             f"{origin_of(raw).features} has negative values (min {float(raw.features.min()):.4g}), but the generator "
@@ -101,17 +114,19 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
         log.warning("the dataset's class semantics differ from those the generator was trained with "
                     "(sha256 mismatch): classes are synthesized from the dataset's vectors")
     device = generator.system.device
-    noise = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    noise = torch.Generator(device=device).manual_seed(eval_seed)
     ccfg = classifier_config(cfg)
     inputs = generator.system.classifier_inputs(data.to(device), syn_num, noise, ccfg.feature_dtype)
     with torch.enable_grad():
-        curves = train_and_evaluate(inputs, ccfg, seed=int(cfg.seed))
+        curves = train_and_evaluate(inputs, ccfg, seed=eval_seed)
     stack = CurveStack.from_records([(int(meta.get("epochs", 0)), curves)])
     best, last = stack.best("H"), stack.last()
     t1_best = stack.best("T1")
     results = {
-        "created": utc_now(), "method": meta.get("method", meta["_target_"]), "seed": int(cfg.seed),
-        "dataset": dataset_record(raw, cfg.dataset),
+        "created": utc_now(), "method": meta.get("method", meta["_target_"]), "seed": seed,
+        "dataset": {**dataset_record(raw, cfg.dataset), "preprocessing": {  # what was applied: the export's
+            "feature_scaling": meta["preprocessing"]["features"].get("kind", "none"), "l2_semantics": l2,
+            "from": "the export"}},
         "generator": {"path": str(Path(cfg.export).resolve()), "trained_on": meta["dataset"],
                       "weights_sha256": meta["weights_sha256"], "same_semantics": same_semantics},
         "protocol": {"selections": ["paper", "last"], "splits_run": ["test"], "syn_num": syn_num},
@@ -142,7 +157,8 @@ def eval_app(cfg: DictConfig) -> None:
     try:
         hydra_cfg = HydraConfig.get()
         evaluate_export(cfg, Path(hydra_cfg.runtime.output_dir),
-                        command_line_keys("classifier", hydra_cfg.overrides.task))
+                        command_line_keys("classifier", hydra_cfg.overrides.task),
+                        command_line_keys("dataset", hydra_cfg.overrides.task))
     except ZSLGenError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
