@@ -472,18 +472,23 @@ def test_own_data_in_the_byo_format_trains_and_records_its_files_and_semantic_sp
     assert all(len(digest) == 64 for digest in record["files"].values())
 
 
-def test_data_under_a_benchmark_name_without_its_classes_is_warned_about(caplog):
+def test_data_under_a_benchmark_name_without_its_classes_is_warned_about(tmp_path, monkeypatch):
     from zsl_gen.data import make_synthetic
-    from zsl_gen.pipeline import check_benchmark_shape
+    from zsl_gen.data.byo import save_byo
+    from zsl_gen.pipeline import benchmark_shape_warning
 
-    with caplog.at_level("WARNING", logger="zsl_gen"):
-        check_benchmark_shape(make_synthetic(n_classes=50, n_unseen=10, samples_per_class=3, name="CUB"))
-    assert "40 seen / 10 unseen classes, but CUB has 150 / 50" in caplog.text and "dataset=byo" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="zsl_gen"):
-        check_benchmark_shape(make_synthetic(n_classes=200, n_unseen=50, samples_per_class=3, name="CUB"))
-        check_benchmark_shape(make_synthetic(n_classes=12, n_unseen=3, samples_per_class=3, name="MINE"))
-    assert caplog.text == ""
+    assert benchmark_shape_warning(make_synthetic(n_classes=200, n_unseen=50, samples_per_class=3, name="CUB")) is None
+    assert benchmark_shape_warning(make_synthetic(n_classes=12, n_unseen=3, samples_per_class=3, name="MINE")) is None
+    # e.g. `-m experiment=fclswgan_cub,fclswgan_sun data_dir=/data/CUB`: CUB's data labelled SUN
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    save_byo(make_synthetic(n_classes=12, n_unseen=3, n_val_classes=3, feature_dim=32, semantic_dim=8), tmp_path / "d")
+    proc = zsl_train(tmp_path, *TINY, "logger=none", "selections=[paper]", "dataset=byo", "dataset.name=SUN",
+                     f"data_dir={tmp_path / 'd'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warning = "dataset SUN: 9 seen / 3 unseen classes, but SUN has 645 / 72: the results are labelled SUN"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert any(w.startswith(warning) and "dataset=byo" in w for w in results["warnings"])
+    assert results["dataset"]["warning"].startswith(warning) and warning in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_a_val_selection_among_all_zero_h_is_flagged_as_arbitrary(tmp_path, monkeypatch):

@@ -451,6 +451,8 @@ def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
         "split_sizes": {k: int(len(v)) for k, v in raw.locs.items()},
         "preprocessing": {"feature_scaling": ds.feature_scaling, "l2_semantics": ds.l2_semantics},
     }
+    if benchmark_shape_warning(raw):
+        record["warning"] = benchmark_shape_warning(raw)
     if ds.kind == "synthetic":
         record["synthetic"] = OmegaConf.to_container(ds.synthetic, resolve=True)
         digest = hashlib.sha256()  # the digest of features' bytes then semantics', without copying them
@@ -483,15 +485,16 @@ BENCHMARK_CLASSES = {"CUB": (150, 50), "SUN": (645, 72), "AWA1": (40, 10), "AWA2
                      "FLO": (82, 20)}
 
 
-def check_benchmark_shape(raw: RawDataset) -> None:
-    """Warn when data read under a benchmark's name (``dataset=cub``, results labelled CUB) does not have that
-    benchmark's seen/unseen classes: another dataset's directory, or a subset, would be reported as CUB."""
+def benchmark_shape_warning(raw: RawDataset) -> str | None:
+    """A warning when data read under a benchmark's name (``dataset=cub``, results labelled CUB) does not have
+    that benchmark's seen/unseen classes: another dataset's directory, or a subset, would be reported as CUB."""
     expected = BENCHMARK_CLASSES.get(str(raw.name).upper())
     got = (int(len(raw.seen_classes)), int(len(raw.unseen_classes)))
     if expected and got != expected:
-        log.warning("dataset %s: %d seen / %d unseen classes, but %s has %d / %d: the results will be labelled "
-                    "%s. If this is other data, use dataset=byo data_dir=<dir> dataset.name=<its name>",
-                    raw.name, *got, str(raw.name).upper(), *expected, raw.name)
+        return (f"dataset {raw.name}: {got[0]} seen / {got[1]} unseen classes, but {str(raw.name).upper()} has "
+                f"{expected[0]} / {expected[1]}: the results are labelled {raw.name}. If this is other data, use "
+                "dataset=byo data_dir=<dir> dataset.name=<its name>")
+    return None
 
 
 def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tuple[ZSLData, dict[str, Any]]:
@@ -503,8 +506,8 @@ def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tu
     """
     raw = load_dataset(cfg.dataset)
     now = dataset_record(raw, cfg.dataset)
-    if record is None:
-        check_benchmark_shape(raw)
+    if record is None and benchmark_shape_warning(raw):
+        log.warning(benchmark_shape_warning(raw))
     if record is not None and now != record:
         changed = sorted(k for k in set(now) | set(record) if now.get(k) != record.get(k))
         if cfg.dataset.kind == "synthetic":  # no files: the simulator, seeded, gave other arrays this time
@@ -546,6 +549,8 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
         data, record = split_data(cfg, split, record)
         if split == splits[0] and resume.run_dir is not None:
             check_resumed_data(resume, record, data)
+        if split == splits[0] and record.get("warning"):
+            training_warnings.append(record["warning"])  # kept in results.json, not only in the log
         release_freed_memory()  # the read's transients (keep_freed_memory holds them from a split's training on)
         start = time.perf_counter()
         split_warnings: list[str] = []
