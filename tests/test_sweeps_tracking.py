@@ -248,6 +248,21 @@ def test_tensorboard_logger_writes_event_files(tmp_path, no_wandb):
     assert max(h) == pytest.approx(results_of(run)["results"]["paper"]["gzsl"]["H"], abs=0.01)
 
 
+@pytest.mark.parametrize("logger", ["tensorboard", "many_loggers"])
+def test_tensorboard_not_installed_is_one_line_naming_the_install(tmp_path, no_wandb, monkeypatch, logger):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real_find_spec(name, *a))
+    proc = zsl_train(tmp_path, f"logger={logger}", *TINY, "selections=[paper]")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == ('error: logger=tensorboard needs the tensorboard package, which is not installed: '
+                        'pip install -e ".[tensorboard]" (or use logger=csv, the default)')
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_wandb_goes_offline_without_credentials(tmp_path, monkeypatch, caplog):
     from omegaconf import OmegaConf
 

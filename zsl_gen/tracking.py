@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from zsl_gen.config import instantiate
+from zsl_gen.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,12 @@ def wandb_has_credentials() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+def _importable(*modules: str) -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def build_loggers(cfg: DictConfig, split: str, run_name: str) -> list[Any]:
@@ -58,6 +65,10 @@ def build_loggers(cfg: DictConfig, split: str, run_name: str) -> list[Any]:
                 del init_kwargs["anonymous"]
             loggers.append(wandb_logger)
         else:
+            if str(node.get("_target_", "")).endswith("TensorBoardLogger") and not _importable("tensorboard",
+                                                                                                  "tensorboardX"):
+                raise ConfigError("logger=tensorboard needs the tensorboard package, which is not installed: "
+                                  "pip install -e \".[tensorboard]\" (or use logger=csv, the default)")
             loggers.append(instantiate(node, version=split))
     return loggers
 
