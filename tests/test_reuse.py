@@ -141,6 +141,25 @@ def test_synthesize_is_seeded_and_needs_no_trainer(trained, monkeypatch):
     assert torch.equal(generator.synthesize(torch.from_numpy(vectors), 7, seed=0), a)
 
 
+def test_synthesize_refuses_non_integer_counts_and_says_when_memory_runs_out(trained, monkeypatch):
+    generator = zsl_gen.load_generator(trained["export"])
+    vectors = raw_test_semantics(trained["run"])[0][:2]
+    for kwargs, message in (({"n_per_class": 2.5}, "n_per_class must be an integer >= 1, got 2.5"),
+                            ({"n_per_class": 2, "seed": -1}, "seed must be an integer >= 0, got -1")):
+        with pytest.raises(CheckpointError, match=message):
+            generator.synthesize(vectors, **kwargs)
+    assert generator.synthesize(vectors, np.int64(2)).shape[0] == 4  # numpy integers are integers
+
+    def out_of_memory(*args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 128000000000 bytes.")
+
+    monkeypatch.setattr(generator.system, "synthesize", out_of_memory)
+    with pytest.raises(CheckpointError, match=r"n_per_class=100000000: 2 classes × 100000000 × \d+-d float32 features "
+                                              r"\([\d.]+ GiB\) do not fit in cpu memory; synthesize fewer per call"):
+        generator.synthesize(vectors, 100_000_000)
+
+
 def test_loading_does_not_unpickle(trained, monkeypatch):
     import pickle
 

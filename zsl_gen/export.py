@@ -162,12 +162,21 @@ class Generator:
         """
         if space not in ("scaled", "raw"):
             raise CheckpointError(f"space must be 'scaled' or 'raw', got {space!r}")
-        if int(n_per_class) < 1:
-            raise CheckpointError(f"n_per_class must be >= 1, got {n_per_class}")
+        for name, value, minimum in (("n_per_class", n_per_class, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise CheckpointError(f"{name} must be an integer >= {minimum}, got {value!r}")
         s = semantics if prepared else self.prepare_semantics(semantics)
         device = self.system.device
         noise = torch.Generator(device=device).manual_seed(int(seed))
-        x = self.system.synthesize(torch.as_tensor(s, dtype=torch.float32).to(device), int(n_per_class), noise)
+        try:
+            x = self.system.synthesize(torch.as_tensor(s, dtype=torch.float32).to(device), int(n_per_class), noise)
+        except (MemoryError, RuntimeError) as err:
+            if not isinstance(err, MemoryError) and "memory" not in str(err) and "alloc" not in str(err):
+                raise
+            size = len(s) * int(n_per_class) * int(self.meta["feature_dim"]) * 4 / 2**30
+            raise CheckpointError(f"n_per_class={n_per_class}: {len(s)} classes × {n_per_class} × "
+                                  f"{self.meta['feature_dim']}-d float32 features ({size:.1f} GiB) do not fit in "
+                                  f"{device} memory; synthesize fewer per call") from None
         x = x.float().cpu()
         return unscale(x, self.meta["preprocessing"]) if space == "raw" else x
 

@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"n_per_class and seed must be integers, got {args['n_per_class']!r}, {args['seed']!r}") from None
     if n_per_class < 1:
         raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     from zsl_gen.config import check_torch_device
     from zsl_gen.export import load_generator
 
