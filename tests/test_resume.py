@@ -234,6 +234,7 @@ def checkpoint_bytes() -> bytes:
     ("elsewhere", "expected <run dir>/checkpoints/<val|test>/last.ckpt of a zsl-train run"),
     ("wrong_split", "expected <run dir>/checkpoints/<val|test>/last.ckpt of a zsl-train run"),
     ("truncated", "unreadable checkpoint"),
+    ("bit_flipped", "corrupt checkpoint (the stored checksum of "),
     ("val_unfinished", "cannot resume: split=val of"),
 ])
 def test_bad_ckpt_path_is_one_clear_line(tmp_path, monkeypatch, case, message):
@@ -242,12 +243,17 @@ def test_bad_ckpt_path_is_one_clear_line(tmp_path, monkeypatch, case, message):
              "elsewhere": tmp_path / "old" / "last.ckpt",
              "wrong_split": tmp_path / "old" / "checkpoints" / "train" / "last.ckpt",
              "truncated": tmp_path / "old" / "checkpoints" / "test" / "last.ckpt",
+             "bit_flipped": tmp_path / "old" / "checkpoints" / "test" / "last.ckpt",
              "val_unfinished": tmp_path / "old" / "checkpoints" / "test" / "last.ckpt"}
     path = paths[case]
     if case != "missing":
         path.parent.mkdir(parents=True)
         data = checkpoint_bytes()
-        path.write_bytes(data[: len(data) // 2] if case == "truncated" else data)
+        if case == "bit_flipped":  # one byte in the middle of the weights: torch.load reads it without a word
+            data = bytearray(data)
+            data[len(data) // 2] ^= 0x10
+            torch.load(io.BytesIO(bytes(data)), weights_only=True)
+        path.write_bytes(data[: len(data) // 2] if case == "truncated" else bytes(data))
     proc = zsl_train(tmp_path, "generator=cvae", "generator.epochs=2", "generator.system.hidden_dim=64",
                      f"ckpt_path={path}")
     assert proc.returncode == 2
@@ -258,6 +264,12 @@ def test_bad_ckpt_path_is_one_clear_line(tmp_path, monkeypatch, case, message):
         assert "truncated" in lines[0] and "resume from another checkpoint or start over" in lines[0]
     if case == "val_unfinished":
         assert str(tmp_path / "old" / "checkpoints" / "val" / "last.ckpt") in lines[0]
+    if case == "missing":  # e.g. killed in the test split's first epoch: split=val's checkpoint is named
+        val_last = tmp_path / "old" / "checkpoints" / "val" / "last.ckpt"
+        val_last.parent.mkdir(parents=True)
+        val_last.write_bytes(checkpoint_bytes())
+        again = zsl_train(tmp_path / "again", "generator=cvae", f"ckpt_path={path}")
+        assert again.returncode == 2 and f"; this run has {val_last})" in again.stderr, again.stderr
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "results.json").exists()
 
 

@@ -296,7 +296,11 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
         return ResumePlan()
     ckpt = Path(cfg.ckpt_path).expanduser().resolve()
     if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (give <run dir>/checkpoints/<split>/last.ckpt)")
+        # killed in a split's first epoch: that split has no last.ckpt yet, an earlier split's continues the run
+        present = sorted(ckpt.parents[2].glob("checkpoints/*/last.ckpt")) if len(ckpt.parents) > 2 else []
+        hint = f"; this run has {', '.join(map(str, present))}" if present else ""
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint (give <run dir>/checkpoints/<split>/last.ckpt"
+                          f"{hint})")
     split = ckpt.parent.name
     if ckpt.parent.parent.name != "checkpoints" or split not in splits:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: expected <run dir>/checkpoints/<{'|'.join(splits)}>/last.ckpt "
@@ -306,6 +310,7 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
     except Exception as err:  # torch raises many types for truncated or foreign files
         raise CheckpointError(f"{ckpt}: unreadable checkpoint ({type(err).__name__}: {str(err)[:200]}); it may be "
                               "truncated — resume from another checkpoint or start over") from None
+    check_checksums(ckpt)
     run_dir = ckpt.parents[2]
     hp = state.get("hyper_parameters") or {}
     plan = ResumePlan(run_dir=run_dir, split=split, ckpt_path=ckpt, data_sha256=state.get("data_sha256"),
@@ -344,6 +349,24 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
     if plan.dims is not None:
         check_checkpoint_fits(cfg, state, ckpt, plan.dims)
     return plan
+
+
+def check_checksums(ckpt: Path) -> None:
+    """A checkpoint's stored CRC-32s must match its contents: ``torch.load`` does not check them, so a flipped
+    byte in the weights would load silently (≈ 1 s per GB)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(ckpt):
+        return  # torch's legacy (non-zip) format carries no checksums
+    try:
+        with zipfile.ZipFile(ckpt) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        bad = f"({err})"
+    if bad is not None:
+        raise CheckpointError(f"{ckpt}: corrupt checkpoint (the stored checksum of {bad} does not match its "
+                              "contents: the file was damaged on disk or in a copy); resume from another "
+                              "checkpoint or start over")
 
 
 def check_checkpoint_fits(cfg: DictConfig, state: dict, ckpt: Path, dims: tuple[int, int]) -> None:
