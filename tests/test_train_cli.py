@@ -510,3 +510,16 @@ def test_a_val_selection_among_all_zero_h_is_flagged_as_arbitrary(tmp_path, monk
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert any("split=val's H is 0 at every evaluated epoch" in w and "arbitrary" in w for w in results["warnings"])
     assert "split=val's H is 0" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_single_run_into_a_directory_holding_a_run_is_refused_before_hydra_starts(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    first = zsl_train(tmp_path, *TINY, "logger=none", "selections=[paper]")
+    assert first.returncode == 0, first.stderr[-2000:]
+    config = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    again = zsl_train(tmp_path, *TINY, "logger=none", "selections=[paper]", "seed=5")
+    lines = [line for line in again.stderr.splitlines() if line.strip()]
+    assert again.returncode == 2 and len(lines) == 1, again.stderr
+    assert lines[0].startswith(f"error: hydra.run.dir={tmp_path / 'run'}: already holds a run (results.json, "
+                               "checkpoints, splits, curves.json); give a new directory")
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").read_text() == config  # the old run's config kept

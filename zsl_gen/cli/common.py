@@ -82,6 +82,24 @@ def check_overrides(argv: list[str], config_name: str) -> None:
                         f"{', '.join(fields[parts[0]])}")
 
 
+def check_fresh_run_dir(argv: list[str]) -> None:
+    """A single run given ``hydra.run.dir=<dir>`` that already holds a run's results or checkpoints: one error
+    line before Hydra starts (Hydra would overwrite that run's ``.hydra/config.yaml`` first, and the two runs'
+    checkpoints, splits and logs would mix). Sweeps (``-m``) rerun into their job directories on purpose."""
+    if any(a in ("-m", "--multirun") for a in argv):
+        return
+    given = [a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra.run.dir"]
+    if not given:
+        return  # the default run directory is new (dated)
+    run_dir = Path(given[-1]).expanduser()
+    found = [name for name in ("results.json", "checkpoints", "splits", "curves.json") if (run_dir / name).exists()]
+    if found:
+        print(f"error: hydra.run.dir={given[-1]}: already holds a run ({', '.join(found)}); give a new directory, or "
+              "remove the old run first (to continue it, start a new directory with ckpt_path=<its last.ckpt>)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def check_output_path(path: Path, what: str, *, directory: bool) -> None:
     """Refuse, before any work is done, an output ``path`` that cannot be written: an existing path of the
     other kind (a file where a directory is asked for, or the reverse), an existing ancestor that is a file,

@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zsl_gen.cli.common import check_overrides, override_key
+from zsl_gen.cli.common import check_fresh_run_dir, check_overrides, override_key
 from zsl_gen.errors import ZSLGenError
 
 log = logging.getLogger("zsl_gen")
@@ -169,6 +169,7 @@ def main() -> None:
     # `generator=<dir>` as a group choice; it is the export directory here, stored as `export`.
     sys.argv = [("export=" + a[len("generator="):]) if a.startswith("generator=") else a for a in sys.argv]
     check_overrides(sys.argv[1:], "eval")
+    check_fresh_run_dir(sys.argv[1:])
     eval_app()
 
 

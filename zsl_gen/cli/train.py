@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from zsl_gen.cli.common import check_overrides, override_key
+from zsl_gen.cli.common import check_fresh_run_dir, check_overrides, override_key
 from zsl_gen.errors import ZSLGenError
 
 log = logging.getLogger("zsl_gen")
@@ -125,6 +125,7 @@ def check_launcher(argv: list[str]) -> None:
 def main() -> None:
     check_launcher(sys.argv[1:])
     check_overrides(sys.argv[1:], "train")
+    check_fresh_run_dir(sys.argv[1:])
     sys.argv = [sys.argv[0], *lift_default_epoch_cap(sys.argv[1:])]
     # the list the callback fills: Hydra imports it as `zsl_gen.cli.train`, which under `python -m` is
     # another module object than this `__main__`
