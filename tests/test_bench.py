@@ -36,6 +36,10 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     assert combined_peak({"peak_gflops": 0.0, "by_size": {}}, {"peak_gflops": 5.0, "by_size": {}})["peak_unstable"]
     table = out.with_suffix(".md").read_text()
     assert "| cvae | CUB | fp32/fp32 |" in table
+    # which code and when: the version and commit in the JSON and in the table's header line
+    machine = case["machine"]
+    assert machine["zsl_gen"] and machine["measured"] and "git_commit" in machine
+    assert f"zsl-gen {machine['zsl_gen']} at {machine['git_commit'] or 'an unknown commit'}" in table
 
 
 def test_flop_counts_follow_the_layer_shapes():

@@ -359,3 +359,9 @@ def test_extending_a_capped_default_run_is_not_a_changed_setting():
     assert changed_settings(old, new) == {}
     new.generator.system.lr = 0.0003
     assert changed_settings(old, new) == {"generator.system.lr": (0.001, 0.0003)}
+    # a run made before split=val left out the test images has no such key: it behaved as `false`
+    new.dataset.val_excludes_test = True
+    assert changed_settings(old, new)["dataset.val_excludes_test"] == (False, True)
+    old.dataset.val_excludes_test = False
+    new.dataset.val_excludes_test = False
+    assert "dataset.val_excludes_test" not in changed_settings(old, new)

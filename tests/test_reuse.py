@@ -441,6 +441,7 @@ def test_eval_of_an_export_trains_no_generator(trained, tmp_path, monkeypatch):
     assert results["results"]["paper"]["gzsl"]["H"] == pytest.approx(h.max(), abs=0.01)
     assert results["results"]["last"]["gzsl"]["H"] == pytest.approx(h[-1], abs=0.01)
     assert not (run / "checkpoints").exists() and not (run / "generator").exists()
+    assert "paper*" in (run / "evaluate.log").read_text()  # the log file holds the summary table too
 
 
 def changed_copy_of_the_training_data(run: Path, out: Path, change) -> Path:
@@ -589,12 +590,27 @@ def test_synthesize_never_deletes_what_it_did_not_write(trained, new_classes, tm
     assert synthesize(*common, f"out={tmp_path / 'empty'}")[0] == 0
 
 
+def test_synthesize_reads_a_csv_with_a_header_line(trained, new_classes, tmp_path):
+    with_header = tmp_path / "header.csv"
+    dim = new_classes["vectors"].shape[1]
+    with_header.write_text("name," + ",".join(f"v{i}" for i in range(dim)) + "\n" + new_classes["csv"].read_text())
+    for source, out in ((new_classes["csv"], "plain"), (with_header, "header")):
+        code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={source}", "n_per_class=2",
+                                     f"out={tmp_path / out}")
+        assert code == 0, stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "plain" / "features.npy"),
+                                  np.load(tmp_path / "header" / "features.npy"))
+    assert (tmp_path / "header" / "classes.txt").read_text() == (tmp_path / "plain" / "classes.txt").read_text()
+
+
 @pytest.mark.parametrize("content, message", [
     ("okapi,1\nokapi,2\n", "class names must be distinct, repeated: okapi"),
     (" ,1\nquagga,2\n", "class 1 has an empty name"),
     (b"caf\xe9,1\n", "not UTF-8 text"),
     ("\n", "no class in it"),
     ("okapi,1\nquagga,nan\n", "the vectors of 1 classes hold NaN or Inf ('quagga')"),
+    ("okapi;1;2\nquagga;3;4\n", "classes.csv:1: no values after the class name; expected `name,v1,...,vA`, comma-"),
+    ("name,v1,v2\nokapi,1,2\nquagga,x,4\n", "classes.csv:3: expected `name,v1,...,vA` with numbers"),
 ])
 def test_synthesize_refuses_semantics_a_dataset_could_not_load(trained, tmp_path, content, message):
     path = tmp_path / "classes.csv"

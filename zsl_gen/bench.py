@@ -218,6 +218,11 @@ def machine_info(device: str) -> dict[str, Any]:
     if device == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     info["load_avg"] = os.getloadavg()
+    from zsl_gen.results import utc_now, versions
+
+    code = versions()  # the zsl-gen version and git commit the numbers came from
+    info.update(zsl_gen=code.get("zsl_gen"), git_commit=code.get("git_commit"), git_dirty=code.get("git_dirty"),
+                measured=utc_now())
     return info
 
 
@@ -1042,6 +1047,11 @@ def main(argv: list[str] | None = None) -> None:
     if "bf16" in precisions + [args.classifier_precision] and not machine["bf16_native"]:
         print(f"note: this {'GPU' if args.device == 'cuda' else 'CPU'} has no bfloat16 units: the bf16 cases "
               "measure torch's slow fallback (zsl-train refuses bf16 here unless allow_slow_bf16=true)", flush=True)
+    missing = [d for d in datasets if not (Path(args.data_root) / "xlsa17" / d / "att_splits.mat").is_file()]
+    if missing:
+        print(f"note: no {', '.join(missing)} semantics under --data-root {args.data_root}: those cases use random "
+              "semantics of the published shapes (the speed is the same; give --data-root <dir holding xlsa17/> for "
+              "the real ones)", flush=True)
     peaks = {}
     for prec in precisions:
         peaks[prec] = matmul_peak(prec, args.device)
@@ -1094,7 +1104,10 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps(cases, indent=1))
     md = Path(args.md) if args.md else out.with_suffix(".md")
     header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, device "
-              f"{args.device}. Command: `zsl-bench {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n")
+              f"{args.device}, zsl-gen {machine['zsl_gen']} at {machine['git_commit'] or 'an unknown commit'}"
+              f"{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, {machine['measured']}. "
+              f"Command: `zsl-bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
+              + (f". Random semantics of the published shapes for {', '.join(missing)}" if missing else "") + "\n\n")
     md.write_text(header + markdown_table(cases))
     print(markdown_table(cases))
     print(f"wrote {out} and {md}")

@@ -285,7 +285,8 @@ def changed_settings(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, A
             value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig | ListConfig) else value
             flat.update(_flat(value, key))
     for key, value in EARLIER_BEHAVIOUR.items():
-        before.setdefault(key, value)
+        if key in after and key not in before:
+            before[key] = value
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k) and k not in RESUME_MAY_CHANGE}
 

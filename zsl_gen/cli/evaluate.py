@@ -66,7 +66,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     from zsl_gen.errors import CheckpointError
     from zsl_gen.eval import train_and_evaluate
     from zsl_gen.export import load_generator, semantics_checksum
-    from zsl_gen.pipeline import classifier_config, dataset_record, load_dataset
+    from zsl_gen.pipeline import classifier_config, dataset_record, load_dataset, to_log_files
     from zsl_gen.eval.selection import CurveStack
     from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 
@@ -147,8 +147,9 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     results["protocol"]["paper_selection"] = meta.get("paper_selection", "best")
     write_json_atomic(output_dir / "curves.json", {"test": stack.as_dict()})
     write_json_atomic(output_dir / "results.json", results)
-    print(summary_table(results))
-    print(f"results: {output_dir / 'results.json'}")
+    summary = f"{summary_table(results)}\nresults: {output_dir / 'results.json'}"
+    print(summary)
+    to_log_files(summary)  # evaluate.log holds the table too, as train.log does
     return results
 
 
@@ -160,7 +161,10 @@ def eval_app(cfg: DictConfig) -> None:
                         command_line_keys("classifier", hydra_cfg.overrides.task),
                         command_line_keys("dataset", hydra_cfg.overrides.task))
     except ZSLGenError as err:
+        from zsl_gen.pipeline import to_log_files
+
         print(f"error: {err}", file=sys.stderr)
+        to_log_files(f"error: {err}", logging.ERROR)
         sys.exit(2)
 
 

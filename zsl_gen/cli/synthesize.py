@@ -70,6 +70,14 @@ def read_class_semantics(path: Path, semantic_key: str = "att") -> tuple[list[st
     return names, matrix
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.ndarray]:
     if not path.exists():
         raise DataError(f"{path}: no such semantics file (give a .csv, .npy, .mat or a dataset directory)")
@@ -83,9 +91,14 @@ def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.
             if not line.strip():
                 continue
             name, *values = [c.strip() for c in line.split(",")]
+            if not values:
+                raise DataError(f"{path}:{line_no}: no values after the class name; expected `name,v1,...,vA`, "
+                                f"comma-separated, got {line[:60]!r}")
             try:
                 rows.append([float(v) for v in values])
             except ValueError:
+                if not names and not rows and not any(_is_number(v) for v in values):
+                    continue  # a header line (`name,v1,...`)
                 raise DataError(f"{path}:{line_no}: expected `name,v1,...,vA` with numbers, got {line[:60]!r}") from None
             names.append(name)
         if not rows:
