@@ -49,6 +49,12 @@ def test_no_results_and_corrupt_results_are_clear_errors(tmp_path, capsys):
         main([str(tmp_path / "empty")])
     assert exit_info.value.code == 2
     assert "no results.json under" in capsys.readouterr().err
+    # beside a directory that has results: named, not skipped (a mistyped second sweep dir)
+    write_run(tmp_path / "good", seed=0)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "good"), str(tmp_path / "empty")])
+    assert exit_info.value.code == 2
+    assert f"{tmp_path / 'empty'}: no results.json under it" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "results.json").write_text("{truncated")

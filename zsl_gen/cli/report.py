@@ -62,7 +62,11 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found.extend(sorted(path.rglob("results.json")))
+            under = sorted(path.rglob("results.json"))
+            if not under and not any(path.rglob("error.txt")):  # a sweep of failed jobs is listed, not refused
+                raise DataError(f"{path}: no results.json under it (and no failed job's error.txt): give the run or "
+                                "multirun directories that zsl-train wrote, or leave this one out")
+            found.extend(under)
         else:
             raise DataError(f"{path}: no such file or directory (give run dirs, multirun dirs or results.json files)")
     if not found:
