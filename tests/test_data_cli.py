@@ -51,6 +51,17 @@ def test_simulate_writes_a_loadable_xlsa17_dir(tmp_path, capsys):
     exp = REAL[("CUB", "att_splits.mat")]
     assert raw.features.shape == (exp["trainval"] + exp["test_seen"] + exp["test_unseen"], 8)
     assert len(raw.seen_classes) == 150 and len(raw.unseen_classes) == 50
+    # the file says its features are simulated, and so do `info` and a run's dataset record
+    note = "simulated features (zsl-data simulate, seed 1, 8-d), not real image features"
+    assert raw.features_note == note
+    assert main(["info", str(out)]) == 0 and f"features: {note}" in capsys.readouterr().out
+    from omegaconf import OmegaConf
+
+    from zsl_gen.pipeline import dataset_record
+
+    ds = OmegaConf.create({"kind": "files", "feature_scaling": "minmax", "l2_semantics": False,
+                           "semantics_file": "att_splits.mat", "semantic_key": "att"})
+    assert dataset_record(raw, ds)["features_note"] == note
     # refuses to overwrite features without --force
     line = _user_error(capsys, ["simulate", "--att-splits", str(src), "--out", str(out)])
     assert "res101.mat already exists" in line and "--force" in line

@@ -475,6 +475,8 @@ def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
         "split_sizes": {k: int(len(v)) for k, v in raw.locs.items()},
         "preprocessing": {"feature_scaling": ds.feature_scaling, "l2_semantics": ds.l2_semantics},
     }
+    if raw.features_note:
+        record["features_note"] = raw.features_note  # e.g. simulated features, not real image features
     if benchmark_shape_warning(raw):
         record["warning"] = benchmark_shape_warning(raw)
     if ds.kind == "synthetic":

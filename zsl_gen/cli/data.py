@@ -102,6 +102,8 @@ def summary(raw: RawDataset, *, checksums: bool = True) -> str:
         f"semantics {raw.semantics.shape[1]}-d ({raw.semantic_space})",
         f"  splits: {splits}" + ("" if "val" in raw.locs else " (no train/val: split=val unavailable)"),
     ]
+    if raw.features_note:
+        lines.append(f"  features: {raw.features_note}")
     if checksums:
         lines += [f"  sha256 {_short(h)}  {p}" for p, h in raw.files.items()]
     return "\n".join(lines)
@@ -127,7 +129,8 @@ def _simulate(args) -> None:
                         "choose another --out directory")
     raw = simulate_features_for(src, feature_dim=args.feature_dim, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    write_res101(raw, res)
+    write_res101(raw, res, note=f"simulated features (zsl-data simulate, seed {args.seed}, "
+                                f"{raw.features.shape[1]}-d), not real image features")
     dst = out / src.name
     if not dst.exists() or dst.resolve() != src.resolve():
         with open(src, "rb") as fin:

@@ -33,6 +33,8 @@ class RawDataset:
             ``trainval``, ``test_seen``, ``test_unseen``; ``train`` and ``val`` when the file has them.
         semantic_space: what the semantic rows are, e.g. ``"att"`` or ``"sent"``.
         files: path -> sha256 of every file the data was read from.
+        features_note: what the features are when they are not real image features, e.g. simulated ones
+            (``zsl-data simulate`` stores it in the ``res101.mat`` it writes); ``None`` otherwise.
     """
 
     name: str
@@ -43,6 +45,7 @@ class RawDataset:
     locs: dict[str, np.ndarray]
     semantic_space: str = "att"
     files: dict[str, str] = field(default_factory=dict)
+    features_note: str | None = None
 
     @property
     def n_classes(self) -> int:

@@ -30,6 +30,7 @@ from zsl_gen.data.validate import Origin, require_file, require_keys, validate_r
 from zsl_gen.errors import DataError
 
 FEATURE_KEYS = ("features", "labels")
+NOTE_KEY = "simulated"  # a string zsl-data simulate adds to the res101.mat it writes (other readers ignore it)
 _GET_FILES = (
     "download them with `zsl-data download <DATASET> --dir <DIR>`, or write simulated stand-in features "
     "with `zsl-data simulate --att-splits <att_splits.mat> --out <DIR>`"
@@ -239,9 +240,9 @@ def load_xlsa17(
     loc_keys = [f"{n}_loc" for n in REQUIRED_LOCS + OPTIONAL_LOCS]
     sem_keys = [semantic_key, *loc_keys, "allclasses_names", "semantic_space"]
     if spath.resolve() == fpath.resolve():
-        fmat = smat = MatFile(fpath, [*FEATURE_KEYS, *sem_keys])
+        fmat = smat = MatFile(fpath, [*FEATURE_KEYS, NOTE_KEY, *sem_keys])
     else:
-        fmat, smat = MatFile(fpath, FEATURE_KEYS), MatFile(spath, sem_keys)
+        fmat, smat = MatFile(fpath, [*FEATURE_KEYS, NOTE_KEY]), MatFile(spath, sem_keys)
     fix_feat = "it must hold 'features' (D × N) and 'labels' (N × 1, 1-based): re-download it or " \
                "write it with zsl_gen.data.write_res101"
     if not all(k in fmat for k in FEATURE_KEYS):
@@ -271,8 +272,9 @@ def load_xlsa17(
             semantic_space = "sent" if ("sent" in semantics_file.lower() or "sent" in semantic_key.lower()) \
                 else "att"
     files = {str(fpath.resolve()): sha256_file(fpath), str(spath.resolve()): sha256_file(spath)}
+    note = (string_list(fmat.get(NOTE_KEY)) or [None])[0] if NOTE_KEY in fmat else None
     raw = RawDataset(name=name, features=features, labels=labels, semantics=semantics, class_names=names,
-                     locs=locs, semantic_space=semantic_space, files=files)
+                     locs=locs, semantic_space=semantic_space, files=files, features_note=note or None)
     return validate_raw(raw, origin)
 
 
@@ -329,17 +331,21 @@ def cell_column_element(name: str, strings: list[str]) -> bytes:
     return _element(_MI_MATRIX, _matrix_header(_MX_CELL, (len(strings), 1), name) + b"".join(parts))
 
 
-def write_res101(raw: RawDataset, path: str | Path, *, compress: bool = False) -> Path:
+def write_res101(raw: RawDataset, path: str | Path, *, compress: bool = False, note: str | None = None) -> Path:
     """Write ``raw``'s features as a format-exact xlsa17 ``res101.mat`` (MATLAB v5), atomically.
 
     Layout: ``features`` D × N float64, ``labels`` N × 1 float64 (1-based), ``image_files`` N × 1 cell
-    (stand-in names ``<class>/sample_<i>``: ``RawDataset`` does not keep the originals).
+    (stand-in names ``<class>/sample_<i>``: ``RawDataset`` does not keep the originals), and ``simulated`` (a
+    string saying what the features are) when ``note`` (default: ``raw.features_note``) is given.
     """
     feats = np.asarray(raw.features)
     payload = {
         "features": feats.T.astype(np.float64),
         "labels": (np.asarray(raw.labels, dtype=np.float64) + 1.0).reshape(-1, 1),
     }
+    note = note if note is not None else raw.features_note
+    if note:
+        payload[NOTE_KEY] = note
     files = cell_column_element("image_files", image_file_names(raw))
 
     def write(fh) -> None:
