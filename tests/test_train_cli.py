@@ -214,7 +214,8 @@ def test_the_override_check_leaves_valid_and_sweep_syntax_to_hydra(tmp_path):
 
     check_overrides(["-m", "generator=fclswgan,cvae", "experiment=null", "dataset=glob(*)", "seed=range(0,3)",
                      "generator.system.lr=1e-3", "+trainer.detect_anomaly=true", "~logger", "hydra.verbose=true",
-                     "hydra/launcher=submitit_local", "paths.data_dir=/x", "--cfg", "job"], "train")
+                     "hydra/launcher=submitit_local", "paths.data_dir=/x", "--cfg", "job",
+                     "generator@extra=cvae"], "train")
     check_overrides(["export=/some/dir", "classifier.epochs=3", "dataset=cub", "device=cpu"], "eval")
     with pytest.raises(SystemExit):
         check_overrides(["generator=x"], "eval")  # zsl-eval has no generator group (main turns it into export=)

@@ -58,8 +58,8 @@ def check_overrides(argv: list[str], config_name: str) -> None:
         if arg.startswith("-") or "=" not in arg or arg.startswith(("+", "~")):
             continue  # flags; `+key=`/`~key` additions are checked after composing (config.check_known_fields)
         key, value = arg.split("=", 1)
-        if key.split(".")[0].split("/")[0] == "hydra":
-            continue
+        if key.split(".")[0].split("/")[0] == "hydra" or "@" in key:
+            continue  # Hydra's own settings and package overrides (group@pkg=choice)
         if key in groups:
             if any(c in value for c in "()[]{}$*'\""):
                 continue
