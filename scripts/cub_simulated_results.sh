@@ -24,6 +24,10 @@ for method in ${METHODS:-eszsl cadavae cvae fclswgan fvaegan tfvaegan}; do
   [ -n "${SEED:-}" ] && args+=(seed=$SEED)
   read -r -a extra <<< "${EXTRA:-}"
   name=$method${TAG:+_$TAG}${SEED:+_seed$SEED}
+  if [ -e "$out/runs/$name/results.json" ] || [ -d "$out/runs/$name/checkpoints" ]; then
+    echo "$method: $out/runs/$name already holds a run (zsl-train would refuse it): remove it or set another TAG"
+    continue
+  fi
   zsl-train "${args[@]}" "${extra[@]}" data_dir="$out/CUB" logger=none hydra.run.dir="$out/runs/$name" \
     > "$out/$name.log" 2>&1 || echo "$method failed: see $out/$name.log"
   grep -a -A4 "^zsl-gen ·" "$out/$name.log" || true

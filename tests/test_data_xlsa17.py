@@ -12,11 +12,13 @@ import scipy.io
 
 from zsl_gen.data import load_raw, load_xlsa17, save_xlsa17, simulate_features_for, write_res101
 from zsl_gen.data import _io
+from zsl_gen.errors import DataError
 
 try:
-    from data_helpers import REAL, real_file, real_files, tiny_payloads, write_mat_v73, write_xlsa17
+    from data_helpers import REAL, assert_user_error, real_file, real_files, tiny_payloads, write_mat_v73, write_xlsa17
 except ImportError:  # tests/ turned into a package
-    from tests.data_helpers import REAL, real_file, real_files, tiny_payloads, write_mat_v73, write_xlsa17
+    from tests.data_helpers import (REAL, assert_user_error, real_file, real_files, tiny_payloads, write_mat_v73,
+                                    write_xlsa17)
 
 
 @pytest.mark.parametrize("key", sorted(REAL), ids=lambda k: f"{k[0]}-{k[1]}")
@@ -82,15 +84,23 @@ def test_v5_values_are_0_based_and_oriented(tmp_path):
     np.testing.assert_array_equal(raw.locs["trainval"], att["trainval_loc"].ravel().astype(int) - 1)
 
 
-@pytest.mark.parametrize("att_dim", [3, 10])  # fewer and more dimensions than the 6 classes
-def test_class_by_dim_semantics_without_names_are_read_by_the_labels(tmp_path, att_dim):
+def test_class_by_dim_semantics_without_names_are_read_by_the_labels_or_refused_when_ambiguous(tmp_path):
     res, att = tiny_payloads()
-    semantics = np.random.default_rng(0).random((6, att_dim))  # C × A, the transpose of xlsa17's A × C
-    att["att"] = semantics
     del att["allclasses_names"], att["original_att"]
-    raw = load_xlsa17(write_xlsa17(tmp_path, res, att), name="T")
-    assert raw.semantics.shape == (6, att_dim)
+    semantics = np.random.default_rng(0).random((6, 3))  # C × A, the transpose of xlsa17's A × C
+    att["att"] = semantics
+    raw = load_xlsa17(write_xlsa17(tmp_path / "fewer", res, att), name="T")
+    assert raw.semantics.shape == (6, 3)
     np.testing.assert_allclose(raw.semantics, semantics.astype(np.float32))
+    # 6 × 10: 6 classes × 10 dims, or 6 dims × 10 classes of which 4 have no image? Not guessed (it was read as
+    # 10 classes of 6-d vectors, silently)
+    att["att"] = np.random.default_rng(0).random((6, 10))
+    with pytest.raises(DataError) as ei:
+        load_xlsa17(write_xlsa17(tmp_path / "more", res, att), name="T")
+    assert_user_error(ei, "key 'att' of", "is 6×10", "may be 6 classes × 10 dimensions or 6 dimensions × 10 classes",
+                      "allclasses_names")
+    att["allclasses_names"] = tiny_payloads()[1]["allclasses_names"]  # with the names it is clear
+    assert load_xlsa17(write_xlsa17(tmp_path / "named", res, att), name="T").semantics.shape == (6, 10)
 
 
 def test_missing_optional_keys(tmp_path):

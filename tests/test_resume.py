@@ -296,6 +296,8 @@ def test_resuming_with_other_settings_never_relabels_the_old_numbers(tmp_path, m
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and shown in lines[0], proc.stderr[-2000:]
         assert "a split continues only on its run's data, seed, evaluation and classifier settings" in lines[0]
+        key = change.split("=")[0]
+        assert f"overrides.yaml) and {key}={shown.split(': ')[1].split(' ->')[0]}, or start" in lines[0]  # restores it
     # an optimisation setting may change: the continuation trains, and results.json says what changed
     extended = zsl_train(tmp_path / "extended", *args, "generator.epochs=3", "generator.system.beta1=0.9",
                          f"ckpt_path={last}")
@@ -304,6 +306,16 @@ def test_resuming_with_other_settings_never_relabels_the_old_numbers(tmp_path, m
     assert read(tmp_path / "extended" / "run" / "curves.json")["test"]["epochs"] == [1, 2, 3]
     (warning,) = results["warnings"]
     assert "continues from" in warning and "generator.system.beta1: 0.5 -> 0.9" in warning
+    # fp32 for the last epochs of a bf16 run (here the reverse: the precision group sets both trainer and classifier)
+    monkeypatch.setattr("zsl_gen.runtime.native_bf16", lambda device="cpu": True)
+    precision = zsl_train(tmp_path / "precision", *args, "generator.epochs=3", "precision=bf16", f"ckpt_path={last}")
+    assert precision.returncode == 0, precision.stderr[-2000:]
+    # a run made before split=val left out the test images (no such key in its config) continues with its
+    # own overrides: with the test split alone the setting changes nothing
+    config = tmp_path / "first" / "run" / ".hydra" / "config.yaml"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if "val_excludes_test" not in line))
+    older = zsl_train(tmp_path / "older", *args, "generator.epochs=3", f"ckpt_path={last}")
+    assert older.returncode == 0, older.stderr[-2000:]
     # a layer size the checkpoint does not have: one line, before anything trains
     proc = zsl_train(tmp_path / "wider", *args, "generator.epochs=3", "generator.system.hidden_dim=32",
                      f"ckpt_path={last}")
@@ -316,6 +328,21 @@ def test_resuming_with_other_settings_never_relabels_the_old_numbers(tmp_path, m
     assert again.returncode == 0, again.stderr[-2000:]
     assert read(tmp_path / "again" / "run" / "results.json")["results"] == \
         read(tmp_path / "first" / "run" / "results.json")["results"]
+
+
+def test_a_changed_amsgrad_cannot_continue_the_optimiser_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = ("generator=cadavae", "classifier.epochs=2", "selections=[paper]", "logger=none",
+            "generator.system.latent_dim=8")
+    first = zsl_train(tmp_path / "first", *args, "generator.epochs=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    last = tmp_path / "first" / "run" / "checkpoints" / "test" / "last.ckpt"
+    proc = zsl_train(tmp_path / "next", *args, "generator.epochs=2", "generator.system.amsgrad=false",
+                     f"ckpt_path={last}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0] == ("error: generator.system: amsgrad=False differs from the checkpoint's amsgrad=True, whose "
+                        "optimiser state it cannot continue; resume with the run's own setting")
 
 
 def test_resuming_on_other_data_files_is_refused(tmp_path, monkeypatch):

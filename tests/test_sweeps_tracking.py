@@ -258,7 +258,7 @@ def test_tensorboard_not_installed_is_one_line_naming_the_install(tmp_path, no_w
     proc = zsl_train(tmp_path, f"logger={logger}", *TINY, "selections=[paper]")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert lines[0] == ('error: logger=tensorboard needs the tensorboard package, which is not installed: '
+    assert lines[0] == ('error: the TensorBoard logger needs the tensorboard package, which is not installed: '
                         'pip install -e ".[tensorboard]" (or use logger=csv, the default)')
     assert not (tmp_path / "run" / "results.json").exists()
 

@@ -219,6 +219,10 @@ def test_the_override_check_leaves_valid_and_sweep_syntax_to_hydra(tmp_path):
     check_overrides(["export=/some/dir", "classifier.epochs=3", "dataset=cub", "device=cpu"], "eval")
     with pytest.raises(SystemExit):
         check_overrides(["generator=x"], "eval")  # zsl-eval has no generator group (main turns it into export=)
+    # configs from another directory, and Hydra commands without overrides, are Hydra's to check
+    for argv in (["-cd", "/my/conf", "experiment=my_exp"], ["hydra.searchpath=[file:///my/conf]", "experiment=my_exp"],
+                 ["-sc", "install=bash"]):
+        check_overrides(argv, "train")
 
 
 def test_trainer_gpu_without_a_usable_gpu_is_refused_in_one_line(tmp_path, monkeypatch):
@@ -524,3 +528,10 @@ def test_a_single_run_into_a_directory_holding_a_run_is_refused_before_hydra_sta
     assert lines[0].startswith(f"error: hydra.run.dir={tmp_path / 'run'}: already holds a run (results.json, "
                                "checkpoints, splits, curves.json); give a new directory")
     assert (tmp_path / "run" / ".hydra" / "config.yaml").read_text() == config  # the old run's config kept
+    from zsl_gen.cli.common import check_fresh_run_dir
+
+    with pytest.raises(SystemExit):
+        check_fresh_run_dir([f'hydra.run.dir="{tmp_path / "run"}"'])  # quoted, as a shell passes '"<dir>"'
+    # Lightning's DDP ranks > 0 start into rank 0's run directory, and sweeps rerun into their job directories
+    check_fresh_run_dir([f'hydra.run.dir="{tmp_path / "run"}"', "hydra.job.name=train_ddp_process_1"])
+    check_fresh_run_dir(["-m", f"hydra.run.dir={tmp_path / 'run'}"])

@@ -262,7 +262,7 @@ RESUME_MAY_CHANGE = ("generator.epochs", "dataset.data_dir", "dataset.max_genera
 # What may differ where the checkpoint's split trains on: optimisation settings, the precision and the rule
 # the paper number is read with. Data, seed, evaluation and classifier settings may not: the split's earlier
 # epochs and any split read back were made with the old ones, and one run would mix two settings.
-CONTINUE_MAY_CHANGE = ("generator.system.", "trainer.precision", "paper_selection")
+CONTINUE_MAY_CHANGE = ("generator.system.", "trainer.precision", "classifier.precision", "paper_selection")
 # Settings added later, as runs made before them behaved (an older run's config has no such key)
 EARLIER_BEHAVIOUR = {"dataset.val_excludes_test": False}
 
@@ -287,6 +287,9 @@ def changed_settings(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, A
     for key, value in EARLIER_BEHAVIOUR.items():
         if key in after and key not in before:
             before[key] = value
+    if not {"val", "val_split"} & set(OmegaConf.select(new, "selections", default=None) or ["val"]):
+        for key in ("dataset.val_excludes_test", "dataset.val_seen_fraction"):  # no split=val is run
+            before.pop(key, None), after.pop(key, None)
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k) and k not in RESUME_MAY_CHANGE}
 
@@ -396,14 +399,22 @@ def check_resumed_data(resume: ResumePlan, record: dict[str, Any], data: ZSLData
                               "run was trained on (data_dir may point elsewhere, the files must be the same)")
 
 
+def _override_value(value: Any) -> str:
+    """``value`` as a Hydra command-line override value (``false``, ``null``, ``[a,b]``, ``0.001``)."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":")).replace('"', "")
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
     """Compare the old run's settings (its ``.hydra/config.yaml``) with this run's.
 
-    Where the checkpoint's split trains on (an interrupted, stopped or extended split), other settings are a
-    deliberate choice (a lower lr after a divergence, fp32 for the last epochs of a bf16 run): allowed, with
-    a warning in ``results.json`` that the earlier epochs, and any split read back, ran with the old ones.
-    Where nothing trains (every split read back), other settings would only relabel the old numbers, and
-    another generator cannot load the checkpoint at all: both are refused.
+    Where the checkpoint's split trains on (an interrupted, stopped or extended split), the settings in
+    ``CONTINUE_MAY_CHANGE`` are a deliberate choice (a lower lr after a divergence, fp32 for the last epochs of
+    a bf16 run): allowed, with a warning in ``results.json`` that the earlier epochs, and any split read back,
+    ran with the old ones; others (seed, data, evaluation, classifier) are refused, naming the overrides that
+    restore them. Where nothing trains (every split read back), other settings would only relabel the old
+    numbers, and another generator cannot load the checkpoint at all: both are refused.
     """
     assert plan.run_dir is not None and plan.split is not None
     old_path = plan.run_dir / ".hydra" / "config.yaml"
@@ -433,11 +444,13 @@ def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
     if fixed:
         listed = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in fixed[:4]) + (
             f"; and {len(fixed) - 4} more" if len(fixed) > 4 else "")
+        restore = " ".join(f"{k}={_override_value(changed[k][0])}" for k in fixed)
         raise ConfigError(
             f"ckpt_path={plan.ckpt_path}: {listed} differ from {plan.run_dir}'s settings; a split continues only on "
             "its run's data, seed, evaluation and classifier settings (when training continues, only "
-            "generator.system.* such as a lower lr, trainer.precision and paper_selection may change). Resume with "
-            f"the old run's overrides ({old_path.parent / 'overrides.yaml'}), or start a new run without ckpt_path")
+            "generator.system.* such as a lower lr, the precision and paper_selection may change). Resume with "
+            f"the old run's overrides ({old_path.parent / 'overrides.yaml'}) and {restore}, or start a new run "
+            "without ckpt_path")
     message = (f"split={plan.split} continues from {plan.ckpt_path} with other settings than its run ({shown}): "
                "its earlier epochs, and any split read back, ran with the old ones")
     log.warning(message)

@@ -67,7 +67,7 @@ def build_loggers(cfg: DictConfig, split: str, run_name: str) -> list[Any]:
         else:
             if str(node.get("_target_", "")).endswith("TensorBoardLogger") and not _importable("tensorboard",
                                                                                                   "tensorboardX"):
-                raise ConfigError("logger=tensorboard needs the tensorboard package, which is not installed: "
+                raise ConfigError("the TensorBoard logger needs the tensorboard package, which is not installed: "
                                   "pip install -e \".[tensorboard]\" (or use logger=csv, the default)")
             loggers.append(instantiate(node, version=split))
     return loggers

@@ -47,6 +47,11 @@ def check_overrides(argv: list[str], config_name: str) -> None:
 
     from zsl_gen.config import CHECKED_GROUPS, CONF_DIR, config_groups, known_fields
 
+    other_configs = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-sc", "--shell-completion",
+                     "--info", "-i")
+    if any(a in other_configs or a.startswith(("--config-dir=", "--config-path=", "--config-name=", "hydra.searchpath",
+                                                "+hydra.searchpath", "++hydra.searchpath")) for a in argv):
+        return  # configs from elsewhere, or a Hydra command that takes no overrides: Hydra's to check
     groups = set(config_groups(config_name)) - {"hydra"}
     fields = known_fields(config_name)
 
@@ -86,12 +91,12 @@ def check_fresh_run_dir(argv: list[str]) -> None:
     """A single run given ``hydra.run.dir=<dir>`` that already holds a run's results or checkpoints: one error
     line before Hydra starts (Hydra would overwrite that run's ``.hydra/config.yaml`` first, and the two runs'
     checkpoints, splits and logs would mix). Sweeps (``-m``) rerun into their job directories on purpose."""
-    if any(a in ("-m", "--multirun") for a in argv):
-        return
+    if any(a in ("-m", "--multirun") or a.startswith("hydra.job.name=train_ddp_process") for a in argv):
+        return  # a DDP rank > 0 is started by Lightning into rank 0's run directory
     given = [a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra.run.dir"]
     if not given:
         return  # the default run directory is new (dated)
-    run_dir = Path(given[-1]).expanduser()
+    run_dir = Path(given[-1].strip("'\"")).expanduser()
     found = [name for name in ("results.json", "checkpoints", "splits", "curves.json") if (run_dir / name).exists()]
     if found:
         print(f"error: hydra.run.dir={given[-1]}: already holds a run ({', '.join(found)}); give a new directory, or "

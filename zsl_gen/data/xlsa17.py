@@ -199,7 +199,13 @@ def semantic_matrix(value: Any, n_names: int | None, max_label: int, where: str)
     if n_names is not None:
         c_by_rows = a == n_names and c != n_names
     else:
-        c_by_rows = a == max_label and c != max_label  # also C × A with A > C (e.g. 102 classes × 1024-d)
+        if a == max_label and c > max_label:
+            # C × A with A > C (102 classes × 1024-d), or A × C with classes past the last label: cannot tell
+            raise DataError(f"{where} is {a}×{c} and the labels name {max_label} classes: it may be {a} classes × "
+                            f"{c} dimensions or {a} dimensions × {c} classes; add the class names "
+                            "('allclasses_names', one per class) so the orientation is known, or store it as "
+                            "xlsa17 does (dimensions × classes) with every class labelled")
+        c_by_rows = a == max_label and c < max_label
     if c_by_rows:
         return np.ascontiguousarray(arr, dtype=np.float32)
     return np.ascontiguousarray(arr.T, dtype=np.float32)

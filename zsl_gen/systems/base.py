@@ -19,6 +19,7 @@ from pytorch_lightning.strategies import ParallelStrategy
 from torch.utils.data import DataLoader, IterableDataset
 
 from zsl_gen.data.types import ZSLData
+from zsl_gen.errors import ConfigError
 from zsl_gen.eval.types import ClassifierInputs
 from zsl_gen.runtime import release_freed_memory
 
@@ -204,7 +205,12 @@ class GeneratorSystem(pl.LightningModule):
         fresh = self.configure_optimizers()
         for restored, new in zip(self.trainer.optimizers, fresh if isinstance(fresh, (list, tuple)) else [fresh]):
             for group, new_group in zip(restored.param_groups, new.param_groups, strict=True):
-                group.update({k: v for k, v in new_group.items() if k != "params"})
+                # the restored state's layout depends on amsgrad (fused keeps the checkpoint's kernel choice)
+                if bool(group.get("amsgrad")) != bool(new_group.get("amsgrad")):
+                    raise ConfigError(f"generator.system: amsgrad={bool(new_group.get('amsgrad'))} differs from the "
+                                      f"checkpoint's amsgrad={bool(group.get('amsgrad'))}, whose optimiser state it "
+                                      "cannot continue; resume with the run's own setting")
+                group.update({k: new_group[k] for k in ("lr", "betas", "eps", "weight_decay") if k in new_group})
 
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
         # Noise is drawn from the global RNG; reseeding per (seed, epoch) at the epoch's first batch (after
