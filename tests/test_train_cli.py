@@ -403,7 +403,7 @@ def test_synthetic_dataset_checksum_is_the_sha256_of_the_arrays_bytes(shape, dty
     features = np.asarray(rng.random(shape), dtype=dtype, order=order)
     semantics = np.asarray(rng.random((2, 4)), dtype=dtype, order=order)
     raw = SimpleNamespace(name="s", semantic_space="att", files={}, n_classes=2, seen_classes=[0],
-                          unseen_classes=[1], features=features, semantics=semantics, locs={})
+                          unseen_classes=[1], features=features, semantics=semantics, locs={}, features_note=None)
     ds = OmegaConf.create({"kind": "synthetic", "synthetic": {}, "feature_scaling": "minmax",
                            "l2_semantics": False})
     expected = hashlib.sha256(features.tobytes() + semantics.tobytes()).hexdigest()
