@@ -97,14 +97,23 @@ def test_killed_run_resumes_to_the_uninterrupted_numbers(tmp_path):
     assert res_meta["weights_sha256"] == ref_meta["weights_sha256"]
 
 
+# a test-split-only run without loggers: what the extend/continue tests start from
+PAPER_ONLY = (*ARGS[:2], "selections=[paper]", *ARGS[3:], "logger=none")
+
+
+def finished_run(tmp_path: Path, epochs: int, *extra: str) -> Path:
+    """A finished ``PAPER_ONLY`` run of ``epochs`` epochs in ``<tmp_path>/short``; its test ``last.ckpt``."""
+    short = zsl_train(tmp_path / "short", *PAPER_ONLY, *extra, f"generator.epochs={epochs}")
+    assert short.returncode == 0, short.stderr[-2000:]
+    return tmp_path / "short" / "run" / "checkpoints" / "test" / "last.ckpt"
+
+
 def test_a_finished_run_extends_to_a_longer_schedule_with_the_uninterrupted_numbers(tmp_path, monkeypatch):
     # generator.epochs raised + ckpt_path= the finished split's last.ckpt: training continues from its end
     # (e.g. a truncated CPU run later taken to the published schedule) instead of reading the split back
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    args = (*ARGS[:2], "selections=[paper]", *ARGS[3:], "logger=none")
-    short = zsl_train(tmp_path / "short", *args, "generator.epochs=2")
-    assert short.returncode == 0, short.stderr[-2000:]
-    last = tmp_path / "short" / "run" / "checkpoints" / "test" / "last.ckpt"
+    args = PAPER_ONLY
+    last = finished_run(tmp_path, 2)
     extended = zsl_train(tmp_path / "extended", *args, "generator.epochs=4", f"ckpt_path={last}")
     assert extended.returncode == 0, extended.stderr[-2000:]
     log = (tmp_path / "extended" / "run" / "train.log").read_text()
@@ -131,11 +140,9 @@ def test_a_schedule_off_the_eval_grid_checkpoints_its_last_epoch_and_extends_as_
     # generator.epochs=3 with eval_every=2: epoch 3 is evaluated (the last) and so must be checkpointed, or
     # last.ckpt (resumed and exported from) would be epoch 2's generator under epoch 3's numbers
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    args = (*ARGS[:2], "selections=[paper]", *ARGS[3:], "logger=none", "eval_every=2")
-    short = zsl_train(tmp_path / "short", *args, "generator.epochs=3")
-    assert short.returncode == 0, short.stderr[-2000:]
+    args = (*PAPER_ONLY, "eval_every=2")
+    last = finished_run(tmp_path, 3, "eval_every=2")
     run = tmp_path / "short" / "run"
-    last = run / "checkpoints" / "test" / "last.ckpt"
     assert read(run / "curves.json")["test"]["epochs"] == [2, 3]
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1 == 3
     best = torch.load(next((run / "checkpoints" / "test").glob("best-epoch*.ckpt")), map_location="cpu",
@@ -157,10 +164,8 @@ def test_a_changed_learning_rate_applies_to_the_continued_training(tmp_path, mon
     # the README's "continue a stopped split with a lower generator.system.lr": the restored optimiser state
     # must not bring the old rate back
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    args = (*ARGS[:2], "selections=[paper]", *ARGS[3:], "logger=none")
-    short = zsl_train(tmp_path / "short", *args, "generator.epochs=2")
-    assert short.returncode == 0, short.stderr[-2000:]
-    last = tmp_path / "short" / "run" / "checkpoints" / "test" / "last.ckpt"
+    args = PAPER_ONLY
+    last = finished_run(tmp_path, 2)
     rates = {}
     for name, lr in (("same", None), ("lower", "5e-4")):
         extra = [f"generator.system.lr={lr}"] if lr else []

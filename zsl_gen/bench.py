@@ -145,9 +145,14 @@ def _write_shape_file(name: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def real_semantics_file(name: str, data_root: Path) -> Path:
+    """Where a dataset's real ``att_splits.mat`` would be under ``data_root``."""
+    return Path(data_root) / "xlsa17" / name / "att_splits.mat"
+
+
 def dataset_source(name: str, data_root: Path, cache: Path) -> tuple[Path, str]:
     """The semantics/splits file a dataset's simulation uses, and how it was obtained."""
-    real = data_root / "xlsa17" / name / "att_splits.mat"
+    real = real_semantics_file(name, data_root)
     if real.is_file():
         return real, f"real semantics and splits ({real})"
     shaped = _write_shape_file(name, cache / name / "att_splits.mat")
@@ -1047,7 +1052,7 @@ def main(argv: list[str] | None = None) -> None:
     if "bf16" in precisions + [args.classifier_precision] and not machine["bf16_native"]:
         print(f"note: this {'GPU' if args.device == 'cuda' else 'CPU'} has no bfloat16 units: the bf16 cases "
               "measure torch's slow fallback (zsl-train refuses bf16 here unless allow_slow_bf16=true)", flush=True)
-    missing = [d for d in datasets if not (Path(args.data_root) / "xlsa17" / d / "att_splits.mat").is_file()]
+    missing = [d for d in datasets if not real_semantics_file(d, args.data_root).is_file()]
     if missing:
         print(f"note: no {', '.join(missing)} semantics under --data-root {args.data_root}: those cases use random "
               "semantics of the published shapes (the speed is the same; give --data-root <dir holding xlsa17/> for "

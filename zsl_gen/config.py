@@ -129,17 +129,22 @@ def known_fields(config_name: str = "train") -> dict[str, tuple[str, ...]]:
     return fields
 
 
+def did_you_mean(name: str, options, spell=lambda close: f"`{close}`") -> str:
+    """``"did you mean <closest option>? "`` for a mistyped ``name`` (``spell`` writes the option), or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(options), n=1)
+    return f"did you mean {spell(close[0])}? " if close else ""
+
+
 def check_known_fields(cfg: DictConfig, config_name: str = "train") -> None:
     """Refuse keys no code reads (``generator.epoch``, ``+eval_evry=2``) and trainer arguments zsl-train sets
     itself."""
-    import difflib
-
     for group, fields in known_fields(config_name).items():
         where = f"{group}." if group else ""
         for key in (cfg.get(group) or {}) if group else cfg:
             if key not in fields:
-                close = difflib.get_close_matches(str(key), fields, n=1)
-                hint = f"did you mean `{where}{close[0]}`? " if close else ""
+                hint = did_you_mean(key, fields, lambda close: f"`{where}{close}`")
                 what = f"a {group} setting" if group else f"a zsl-{config_name} setting"
                 raise ConfigError(f"config field `{where}{key}` is not {what} and would be ignored; {hint}the "
                                   f"settings there are {', '.join(fields)}")

@@ -74,6 +74,12 @@ def to_log_files(message: str, level: int = logging.INFO) -> None:
             handler.handle(record)
 
 
+def print_and_log(message: str, *, error: bool = False) -> None:
+    """``message`` on the console (stderr for an error) and into the log files (``to_log_files``)."""
+    print(message, file=sys.stderr if error else sys.stdout)
+    to_log_files(message, logging.ERROR if error else logging.INFO)
+
+
 def load_dataset(ds: DictConfig) -> RawDataset:
     """The raw dataset a ``dataset`` config names (simulated, xlsa17 ``.mat`` or bring-your-own)."""
     if ds.kind == "synthetic":
@@ -289,7 +295,8 @@ def changed_settings(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, A
             before[key] = value
     if not {"val", "val_split"} & set(OmegaConf.select(new, "selections", default=None) or ["val"]):
         for key in ("dataset.val_excludes_test", "dataset.val_seen_fraction"):  # no split=val is run
-            before.pop(key, None), after.pop(key, None)
+            before.pop(key, None)
+            after.pop(key, None)
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k) and k not in RESUME_MAY_CHANGE}
 
@@ -490,8 +497,9 @@ def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
     }
     if raw.features_note:
         record["features_note"] = raw.features_note  # e.g. simulated features, not real image features
-    if benchmark_shape_warning(raw):
-        record["warning"] = benchmark_shape_warning(raw)
+    warning = benchmark_shape_warning(raw)
+    if warning:
+        record["warning"] = warning
     if ds.kind == "synthetic":
         record["synthetic"] = OmegaConf.to_container(ds.synthetic, resolve=True)
         digest = hashlib.sha256()  # the digest of features' bytes then semantics', without copying them
@@ -545,8 +553,8 @@ def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tu
     """
     raw = load_dataset(cfg.dataset)
     now = dataset_record(raw, cfg.dataset)
-    if record is None and benchmark_shape_warning(raw):
-        log.warning(benchmark_shape_warning(raw))
+    if record is None and now.get("warning"):
+        log.warning(now["warning"])
     if record is not None and now != record:
         changed = sorted(k for k in set(now) | set(record) if now.get(k) != record.get(k))
         if cfg.dataset.kind == "synthetic":  # no files: the simulator, seeded, gave other arrays this time
@@ -666,8 +674,5 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     write_json_atomic(output_dir / "preprocessing.json", data.preprocessing)
     write_json_atomic(output_dir / "results.json", results)
     log_final_results(open_loggers, results, output_dir / "generator")
-    summary = summary_table(results)
-    print(summary)
-    print(f"results: {output_dir / 'results.json'}")
-    to_log_files(f"{summary}\nresults: {output_dir / 'results.json'}")
+    print_and_log(f"{summary_table(results)}\nresults: {output_dir / 'results.json'}")
     return results

@@ -43,9 +43,7 @@ def check_overrides(argv: list[str], config_name: str) -> None:
     valid choices or the closest key, exit status 2. Hydra's own message is several lines and, for a key,
     advises a ``+`` that would only add a key no code reads. Sweep syntax (``choice(...)``, globs,
     interpolations) and ``hydra`` keys are left to Hydra."""
-    import difflib
-
-    from zsl_gen.config import CHECKED_GROUPS, CONF_DIR, config_groups, known_fields
+    from zsl_gen.config import CHECKED_GROUPS, CONF_DIR, config_groups, did_you_mean, known_fields
 
     other_configs = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-sc", "--shell-completion",
                      "--info", "-i")
@@ -71,18 +69,15 @@ def check_overrides(argv: list[str], config_name: str) -> None:
             choices = sorted(f.stem for f in (CONF_DIR / key).glob("*.yaml"))
             for choice in value.split(","):
                 if choice.strip() not in (*choices, "null"):
-                    close = difflib.get_close_matches(choice.strip(), choices, n=1)
-                    hint = f"did you mean {key}={close[0]}? " if close else ""
+                    hint = did_you_mean(choice.strip(), choices, lambda close: f"{key}={close}")
                     refuse(arg, f"no `{choice.strip()}` in conf/{key}/; {hint}the choices are {', '.join(choices)}")
             continue
         parts = key.split(".")
         if parts[0] not in fields[""]:
-            close = difflib.get_close_matches(parts[0], fields[""], n=1)
-            hint = f"did you mean `{'.'.join([close[0], *parts[1:]])}`? " if close else ""
+            hint = did_you_mean(parts[0], fields[""], lambda close: f"`{'.'.join([close, *parts[1:]])}`")
             refuse(arg, f"`{parts[0]}` is not a setting of this command; {hint}the settings are {', '.join(fields[''])}")
         if parts[0] in CHECKED_GROUPS and parts[0] in groups and len(parts) > 1 and parts[1] not in fields[parts[0]]:
-            close = difflib.get_close_matches(parts[1], fields[parts[0]], n=1)
-            hint = f"did you mean `{'.'.join([parts[0], close[0], *parts[2:]])}`? " if close else ""
+            hint = did_you_mean(parts[1], fields[parts[0]], lambda close: f"`{'.'.join([parts[0], close, *parts[2:]])}`")
             refuse(arg, f"`{parts[0]}.{parts[1]}` is not a {parts[0]} setting; {hint}the settings there are "
                         f"{', '.join(fields[parts[0]])}")
 

@@ -60,14 +60,13 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     ``classifier_from_export`` they keep their given values, every other field takes the export's.
     """
     from zsl_gen.config import check_bf16_hardware, check_known_fields, check_torch_device
-    from zsl_gen.errors import ConfigError
     from zsl_gen.data import apply_feature_scaling, build_protocol
     from zsl_gen.data.validate import origin_of
-    from zsl_gen.errors import CheckpointError
+    from zsl_gen.errors import CheckpointError, ConfigError
     from zsl_gen.eval import train_and_evaluate
     from zsl_gen.export import load_generator, semantics_checksum
-    from zsl_gen.pipeline import classifier_config, dataset_record, load_dataset, to_log_files
-    from zsl_gen.eval.selection import CurveStack
+    from zsl_gen.pipeline import classifier_config, dataset_record, load_dataset, print_and_log
+    from zsl_gen.eval.selection import CurveStack, select
     from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 
     check_eval_config(cfg)
@@ -120,8 +119,9 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     with torch.enable_grad():
         curves = train_and_evaluate(inputs, ccfg, seed=eval_seed)
     stack = CurveStack.from_records([(int(meta.get("epochs", 0)), curves)])
-    best, last = stack.best("H"), stack.last()
-    t1_best = stack.best("T1")
+    rule = meta.get("paper_selection", "best")  # as the run's own `paper` reads (CADA-VAE: its last epoch)
+    last = select({"test": stack}, ["paper"], paper="last")["paper"]
+    last.pop("rule")  # `last` is a selection of its own here, not a paper rule
     results = {
         "created": utc_now(), "method": meta.get("method", meta["_target_"]), "seed": seed,
         "dataset": {**dataset_record(raw, cfg.dataset), "preprocessing": {  # what was applied: the export's
@@ -130,26 +130,14 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
         "generator": {"path": str(Path(cfg.export).resolve()), "trained_on": meta["dataset"],
                       "weights_sha256": meta["weights_sha256"], "same_semantics": same_semantics},
         "protocol": {"selections": ["paper", "last"], "splits_run": ["test"], "syn_num": syn_num},
-        "results": {
-            "paper": {"gzsl": {k: stack.at(best)[k] for k in "SUH"}, "zsl": {"T1": stack.at(t1_best)["T1"]},
-                      "chosen_on": "test", "optimistic": True,
-                      "rule": "best_at_last_epoch" if meta.get("paper_selection") == "best_at_last_epoch" else "best",
-                      "gzsl_chosen": stack.describe(best),
-                      "zsl_chosen": stack.describe(t1_best)},
-            "last": {"gzsl": {k: stack.at(last)[k] for k in "SUH"}, "zsl": {"T1": stack.at(last)["T1"]},
-                     "chosen_on": "fixed", "optimistic": False, "gzsl_chosen": stack.describe(last),
-                     "zsl_chosen": stack.describe(last)}},
+        "results": {"paper": select({"test": stack}, ["paper"], paper=rule)["paper"], "last": last},
         "device": str(cfg.device),
         "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(),
     }
-    if meta.get("paper_selection") == "last":  # CADA-VAE: its paper reports the final classifier epoch
-        results["results"]["paper"] = {**results["results"]["last"], "rule": "last"}
-    results["protocol"]["paper_selection"] = meta.get("paper_selection", "best")
+    results["protocol"]["paper_selection"] = rule
     write_json_atomic(output_dir / "curves.json", {"test": stack.as_dict()})
     write_json_atomic(output_dir / "results.json", results)
-    summary = f"{summary_table(results)}\nresults: {output_dir / 'results.json'}"
-    print(summary)
-    to_log_files(summary)  # evaluate.log holds the table too, as train.log does
+    print_and_log(f"{summary_table(results)}\nresults: {output_dir / 'results.json'}")  # evaluate.log too
     return results
 
 
@@ -161,10 +149,9 @@ def eval_app(cfg: DictConfig) -> None:
                         command_line_keys("classifier", hydra_cfg.overrides.task),
                         command_line_keys("dataset", hydra_cfg.overrides.task))
     except ZSLGenError as err:
-        from zsl_gen.pipeline import to_log_files
+        from zsl_gen.pipeline import print_and_log
 
-        print(f"error: {err}", file=sys.stderr)
-        to_log_files(f"error: {err}", logging.ERROR)
+        print_and_log(f"error: {err}", error=True)
         sys.exit(2)
 
 

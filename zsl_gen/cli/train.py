@@ -41,11 +41,10 @@ def train_app(cfg: DictConfig) -> float:
         results = run(cfg, output_dir)
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
-            from zsl_gen.pipeline import to_log_files
+            from zsl_gen.pipeline import print_and_log, to_log_files
 
             if isinstance(err, ZSLGenError):
-                print(f"error: {err}", file=sys.stderr)
-                to_log_files(f"error: {err}", logging.ERROR)
+                print_and_log(f"error: {err}", error=True)
                 sys.exit(2)
             to_log_files(traceback.format_exc(), logging.ERROR)
             raise
