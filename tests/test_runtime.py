@@ -1,5 +1,5 @@
 """``zsl_gen.runtime``: glibc's malloc keeps large freed blocks for the next step (``keep_freed_memory``);
-the optimisers' state waits in a file during an evaluation (``optimizer_state_offloaded``)."""
+optimiser state, weights and image features wait in a file during an evaluation (``Offload``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
-from zsl_gen.runtime import optimizer_state_offloaded
+from zsl_gen import runtime
+from zsl_gen.runtime import Offload, evaluation_offload
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -66,7 +68,7 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch):
     assert runtime.release_freed_memory() is False
 
 
-# ---- optimizer_state_offloaded: Adam's moments wait in a file during an evaluation ---------------------
+# ---- Offload: optimiser state, weights and features wait in a file during an evaluation ----------------
 def _adam_with_state(seed: int = 0):
     torch.manual_seed(seed)
     weights = [torch.nn.Parameter(torch.randn(300, 400)), torch.nn.Parameter(torch.randn(10))]
@@ -78,18 +80,23 @@ def _adam_with_state(seed: int = 0):
     return weights, optimizer
 
 
+def _moved(tensor: torch.Tensor) -> bool:
+    return tensor.untyped_storage().nbytes() == 0
+
+
 def test_offloaded_state_leaves_memory_and_comes_back_bit_for_bit(tmp_path):
     weights, optimizer = _adam_with_state()
-    before = {k: v.clone() for k, v in optimizer.state[weights[0]].items()}
+    state = optimizer.state[weights[0]]
+    before = {k: v.clone() for k, v in state.items()}
+    moments = dict(state)
     small = optimizer.state[weights[1]]["exp_avg"]
-    with optimizer_state_offloaded([optimizer], tmp_path) as offloaded:
-        assert offloaded
-        big = optimizer.state[weights[0]]
-        assert big["exp_avg"].numel() == big["exp_avg_sq"].numel() == 0  # out of memory while the block runs
-        assert optimizer.state[weights[1]]["exp_avg"] is small  # small tensors are not worth a file
+    with evaluation_offload([optimizer], tmp_path) as offload:
+        assert offload.moved_bytes == 2 * 300 * 400 * 4
+        assert _moved(state["exp_avg"]) and _moved(state["exp_avg_sq"])  # out of memory while the block runs
+        assert not _moved(small)  # small tensors are not worth a file
         assert list(tmp_path.iterdir()) == []  # the file is unlinked: nothing left behind, even on a crash
-    after = optimizer.state[weights[0]]
-    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(state[k] is moments[k] for k in moments)  # the same tensors, their memory back in place
+    assert set(state) == set(before) and all(torch.equal(state[k], before[k]) for k in before)
     # and training goes on exactly as without the round trip
     reference_weights, reference = _adam_with_state()
     for opt, ws in ((optimizer, weights), (reference, reference_weights)):
@@ -99,28 +106,98 @@ def test_offloaded_state_leaves_memory_and_comes_back_bit_for_bit(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(weights, reference_weights))
 
 
-def test_offload_restores_the_state_when_the_block_raises(tmp_path):
+def test_offload_moves_weights_in_place_and_skips_what_others_may_still_read(tmp_path):
+    """Every reference to a moved tensor sees its bytes again afterwards (a parameter, a view of it, a
+    bfloat16 tensor); a view of part of a storage, a numpy-backed tensor and a tensor handed in twice are
+    left alone or moved once."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(256, 512))
+    view = weight.detach()[:3]
+    half = torch.randn(400, 400).to(torch.bfloat16)
+    whole = torch.randn(512, 512)
+    part = whole[:300]  # the rest of `whole` may be in use elsewhere
+    shared = torch.from_numpy(np.ones((300, 300), dtype=np.float32))  # numpy owns this memory
+    copies = {name: t.detach().clone() for name, t in
+              {"weight": weight, "view": view, "half": half, "whole": whole, "shared": shared}.items()}
+    with Offload(tmp_path) as offload:
+        moved = offload([weight, weight, half, part, shared])
+        assert moved == 256 * 512 * 4 + 400 * 400 * 2
+        assert _moved(weight) and _moved(view) and _moved(half)
+        assert not _moved(whole) and not _moved(shared)
+    for name, t in {"weight": weight, "view": view, "half": half, "whole": whole, "shared": shared}.items():
+        assert torch.equal(t, copies[name]), name
+    assert weight.requires_grad and isinstance(weight, torch.nn.Parameter)
+
+
+def test_offload_restores_everything_when_the_block_raises(tmp_path):
     weights, optimizer = _adam_with_state()
-    before = optimizer.state[weights[0]]["exp_avg_sq"].clone()
+    before = optimizer.state[weights[0]]["exp_avg_sq"].clone(), weights[0].detach().clone()
     with pytest.raises(KeyError):
-        with optimizer_state_offloaded([optimizer], tmp_path):
+        with evaluation_offload([optimizer], tmp_path) as offload:
+            offload(weights)
             raise KeyError("evaluation failed")
-    assert torch.equal(optimizer.state[weights[0]]["exp_avg_sq"], before)
+    assert torch.equal(optimizer.state[weights[0]]["exp_avg_sq"], before[0])
+    assert torch.equal(weights[0], before[1])
 
 
-def test_unwritable_offload_directory_keeps_the_state_in_memory(tmp_path, caplog):
+def test_unwritable_offload_directory_keeps_everything_in_memory(tmp_path, caplog):
     weights, optimizer = _adam_with_state()
     moment = optimizer.state[weights[0]]["exp_avg"]
-    with optimizer_state_offloaded([optimizer], tmp_path / "missing") as offloaded:
-        assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment
-    assert "optimizer state kept in memory" in caplog.text
-    with optimizer_state_offloaded([optimizer], tmp_path, enabled=False) as offloaded:
-        assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment
-    # 2 moments x 120 000 fp32 = 0.96 MB: below a 1 MB threshold it stays, at 0.9 MB it goes
-    with optimizer_state_offloaded([optimizer], tmp_path, min_bytes=2**20) as offloaded:
-        assert not offloaded and optimizer.state[weights[0]]["exp_avg"] is moment
-    with optimizer_state_offloaded([optimizer], tmp_path, min_bytes=900_000) as offloaded:
-        assert offloaded and optimizer.state[weights[0]]["exp_avg"].numel() == 0
+    with evaluation_offload([optimizer], tmp_path / "missing") as offload:
+        assert offload.moved_bytes == 0 and not _moved(moment)
+        assert offload(weights) == 0 and not _moved(weights[0])
+    assert "kept in memory during the evaluation" in caplog.text
+    with evaluation_offload([optimizer], None) as offload:  # offloading off
+        assert offload(weights) == 0 and not _moved(moment) and not _moved(weights[0])
+    # 2 moments x 120 000 fp32 = 0.96 MB: below a 1 MB threshold nothing goes, weights included
+    with evaluation_offload([optimizer], tmp_path, min_bytes=2**20) as offload:
+        assert offload(weights) == 0 and not _moved(moment) and not _moved(weights[0])
+    with evaluation_offload([optimizer], tmp_path, min_bytes=900_000) as offload:
+        assert _moved(moment) and offload(weights) == 480_000 and _moved(weights[0])
+
+
+class _FailingFile:
+    """A temporary file whose ``write`` fails after ``writes`` calls (a full disk) or whose reads come up
+    short (a truncated file)."""
+
+    open_file = staticmethod(tempfile.TemporaryFile)  # the real one, before a test patches it
+
+    def __init__(self, writes: int = 10**9, short_reads: bool = False, **kwargs):
+        self.file, self.writes, self.short_reads = self.open_file(**kwargs), writes, short_reads
+
+    def write(self, data):
+        if self.writes == 0:
+            raise OSError(28, "No space left on device")
+        self.writes -= 1
+        return self.file.write(data)
+
+    def readinto(self, buffer):
+        return 0 if self.short_reads else self.file.readinto(buffer)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_full_disk_keeps_the_rest_in_memory_and_restores_what_was_moved(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(runtime.tempfile, "TemporaryFile", lambda **kw: _FailingFile(writes=1, **kw))
+    first, second, third = (torch.randn(300, 300) for _ in range(3))
+    copies = [t.clone() for t in (first, second, third)]
+    with Offload(tmp_path) as offload:
+        assert offload([first, second]) == 300 * 300 * 4
+        assert _moved(first) and not _moved(second)
+        assert offload([third]) == 0 and not _moved(third)  # one warning, then nothing more is tried
+    assert caplog.text.count("kept in memory during the evaluation") == 1
+    assert all(torch.equal(t, c) for t, c in zip((first, second, third), copies))
+
+
+def test_an_unreadable_offload_file_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime.tempfile, "TemporaryFile", lambda **kw: _FailingFile(short_reads=True, **kw))
+    weight = torch.randn(300, 300)
+    with pytest.raises(RuntimeError, match=r"cannot read the weights/optimizer state .* resume it from its last"):
+        with Offload(tmp_path) as offload:
+            offload([weight])
 
 
 # ---- StreamingCheckpointIO: checkpoints written without an in-memory copy -------------------------------

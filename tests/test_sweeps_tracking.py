@@ -109,7 +109,7 @@ def test_logged_s_u_h_are_one_classifier_epoch_and_gamma(monkeypatch):
     logged = {}
     data = SimpleNamespace(split="val", train_x=torch.zeros(1))
     module = SimpleNamespace(device=torch.device("cpu"), zero_grad=lambda **k: None, log_dict=lambda d, **k: logged.update(d),
-                             classifier_inputs=lambda *a: None)
+                             classifier_inputs=lambda *a, **k: None)
     trainer = SimpleNamespace(current_epoch=0, max_epochs=1, fast_dev_run=False, optimizers=[])
     evaluation = GZSLEvaluation(data, SimpleNamespace(feature_dtype=torch.float32), syn_num=1)
     evaluation.on_train_epoch_end(trainer, module)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -265,35 +264,42 @@ def test_native_bf16_follows_torchs_own_check():
     assert isinstance(native_bf16("cuda"), bool)
 
 
-def test_optimizer_state_offload_changes_no_number(tmp_path, monkeypatch):
-    """Adam's moments wait in a file during each evaluation (here whatever their size) and come back bit for
-    bit: the curves, the results and the exported weights equal those of a run that kept them in memory."""
+@pytest.mark.parametrize("generator", ["cvae", "tfvaegan"])
+def test_offload_during_evaluation_changes_no_number(generator, tmp_path, monkeypatch):
+    """During each evaluation the optimiser state, then the weights and the image features (as the
+    evaluation stops reading them) wait in a file, here whatever their size, and come back bit for bit: the
+    curves, the results and the exported weights equal those of a run that kept everything in memory.
+    tf-VAEGAN keeps its decoder until the last feature map; a read of anything moved would crash the run."""
     import yaml
 
     import zsl_gen.callbacks as callbacks
+    from zsl_gen import runtime
 
-    offloads = []
-    real = callbacks.optimizer_state_offloaded
+    monkeypatch.setattr(runtime, "_OFFLOAD_MIN_BYTES", 0)  # every tensor, however small
+    moved = []
+    real = callbacks.evaluation_offload
 
-    @contextlib.contextmanager
-    def counting(*args, **kwargs):
-        with real(*args, **kwargs) as offloaded:
-            offloads.append(offloaded)
-            yield offloaded
+    def counting(optimizers, *args, **kwargs):
+        state = sum(t.numel() * t.element_size() for t in runtime.optimizer_state(optimizers))
+        offload = real(optimizers, *args, **kwargs)
+        moved.append((offload, state))
+        return offload
 
-    monkeypatch.setattr(callbacks, "optimizer_state_offloaded", counting)
+    monkeypatch.setattr(callbacks, "evaluation_offload", counting)
     runs = {}
     for flag in ("0", "null"):
-        proc = zsl_train(tmp_path / flag, *TINY, "generator.system.hidden_dim=128", "selections=[paper]",
-                         f"offload_optimizer_state_mb={flag}")
+        proc = zsl_train(tmp_path / flag, *TINY, f"generator={generator}", "generator.system.hidden_dim=128",
+                         "selections=[paper]", f"offload_optimizer_state_mb={flag}")
         assert proc.returncode == 0, proc.stderr
         run = tmp_path / flag / "run"
         runs[flag] = (read_results(tmp_path / flag)["results"], json.loads((run / "curves.json").read_text()),
                       yaml.safe_load((run / "generator" / "generator.yaml").read_text())["weights_sha256"])
-        assert not [p for p in run.iterdir() if p.name.startswith("zsl-gen-optimizer-state")]
-    # one evaluation per epoch, 2 epochs per run; 128-unit networks at the synthetic dataset's 512-d features
-    # have moments of 74 k elements (more than the 65 k worth a file), so the first run really offloads
-    assert offloads == [True, True, False, False]
+        assert not [p for p in run.iterdir() if p.name.startswith("zsl-gen-offload")]
+    # one evaluation per epoch, 2 epochs per run: the first run moved the state and more (weights and
+    # features), the second nothing
+    assert len(moved) == 4
+    assert all(offload.moved_bytes > state > 0 for offload, state in moved[:2])
+    assert [offload.moved_bytes for offload, _ in moved[2:]] == [0, 0]
     assert runs["0"] == runs["null"]
 
 

@@ -90,7 +90,7 @@ from zsl_gen.runtime import (
     cpu_model,
     keep_freed_memory,
     native_bf16,
-    optimizer_state_offloaded,
+    evaluation_offload,
     release_freed_memory,
 )
 
@@ -829,11 +829,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     # (on a GPU the state lives on the device during a real run's evaluations, and offloading skips it)
     offload = (offload_settings(cfg, spec.get("cache")) if spec.get("offload_optimizer_state", True)
                and device == "cpu" else {"offload_dir": None})
-    with optimizer_state_offloaded(fitted[-1].optimizers, offload["offload_dir"],
-                                   enabled=offload["offload_dir"] is not None,
-                                   min_bytes=offload.get("offload_min_bytes", 0)) as offloaded:
+    with evaluation_offload(fitted[-1].optimizers, offload["offload_dir"],
+                            offload.get("offload_min_bytes", 0)) as offloaded:
         release_freed_memory()
-        inputs = system.classifier_inputs(data.to(system.device), syn_num, noise, ccfg.feature_dtype)
+        inputs = system.classifier_inputs(data.to(system.device), syn_num, noise, ccfg.feature_dtype,
+                                          offload=offloaded)
         release_freed_memory()
         clf_times = []
         for r in range(int(spec["classifier_repeats"])):
@@ -859,7 +859,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         "official_style_classifier_s": None,  # filled in by main() from a process of their own
         "official_style_s_per_epoch": None,
         "keep_freed_memory": bool(malloc_kept),
-        "optimizer_state_offloaded": bool(offloaded),
+        "optimizer_state_offloaded": bool(offloaded.moved_bytes),
+        "offloaded_mb": round(offloaded.moved_bytes / 2**20, 1),  # state, weights and features, during evaluation
         "end_to_end_s": round(end_to_end, 1),
         "end_to_end_note": f"extrapolated: setup + {epochs} epochs × (epoch + classifier every {eval_every})",
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -19,7 +19,7 @@ from zsl_gen.data._io import atomic_write
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, EvalCurves, train_and_evaluate
-from zsl_gen.runtime import optimizer_state_offloaded, release_freed_memory
+from zsl_gen.runtime import Offload, evaluation_offload, large_model_offload, release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,11 @@ class GZSLEvaluation(pl.Callback):
                  seed: int = 0, offload_dir: str | Path | None = None, offload_min_bytes: int = 0):
         self.data, self.classifier, self.syn_num = data, classifier, syn_num
         self.every_n_epochs, self.seed = every_n_epochs, seed
-        # where the optimisers' CPU state waits during each evaluation when it is at least offload_min_bytes
-        # (None: it stays in memory)
+        # where the optimisers' CPU state, the weights and the image features wait during each evaluation when
+        # that state is at least offload_min_bytes (None: everything stays in memory)
         self.offload_dir, self.offload_min_bytes = offload_dir, offload_min_bytes
         self.records: list[tuple[int, EvalCurves]] = []
+        self._test_sets_aside: Offload | None = None
 
     def _due(self, trainer: pl.Trainer, epoch: int) -> bool:
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
@@ -66,11 +67,30 @@ class GZSLEvaluation(pl.Callback):
         # last (say 3 with eval_every=2); off the new schedule, it goes, so the curves equal a run trained to
         # the new length in one go
         self.records = [(e, c) for e, c in self.records if self._due(trainer, e)]
+        self._set_test_sets_aside(trainer)
+
+    def _set_test_sets_aside(self, trainer: pl.Trainer) -> None:
+        """Only evaluations read the test features (tf-VAEGAN at AWA2 shapes: 108 MB, at the height of its
+        training's memory): for a large model they wait on disk until the next evaluation."""
+        self._test_sets_aside = large_model_offload(trainer.optimizers, self.offload_dir, self.offload_min_bytes)
+        self._test_sets_aside([self.data.seen_x, self.data.unseen_x])
+
+    def _test_sets_back(self) -> None:
+        if self._test_sets_aside is not None:
+            aside, self._test_sets_aside = self._test_sets_aside, None
+            aside.__exit__(None, None, None)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._test_sets_back()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._test_sets_back()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if not self._due(trainer, epoch):
             return
+        self._test_sets_back()
         device = pl_module.device
         noise = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch)
         if self.data.train_x.device != device:  # moved once, not at every evaluation
@@ -79,14 +99,18 @@ class GZSLEvaluation(pl.Callback):
         # gradient buffers are dead weight here: freeing them leaves room for the classifier's features
         # (tf-VAEGAN at AWA2: 69 M weights, 276 MB of gradients).
         pl_module.zero_grad(set_to_none=True)
-        with optimizer_state_offloaded(trainer.optimizers, self.offload_dir, enabled=self.offload_dir is not None,
-                                       min_bytes=self.offload_min_bytes):
+        # a large model's optimiser state, then its weights and image features as the evaluation stops reading
+        # them, wait on disk until the classifier is done (runtime.Offload)
+        with evaluation_offload(trainer.optimizers, self.offload_dir, self.offload_min_bytes) as offload:
             release_freed_memory()  # and what keep_freed_memory holds for the next training step
-            inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype)
+            inputs = pl_module.classifier_inputs(self.data, self.syn_num, noise, self.classifier.feature_dtype,
+                                                 offload=offload)
             release_freed_memory()  # the synthesis's and mapping's activations, before the classifier's own
             with torch.inference_mode(False), torch.enable_grad():
                 curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
-            del inputs  # before the optimiser state comes back
+            del inputs  # before the moved tensors come back
+        if trainer.max_epochs is None or epoch < trainer.max_epochs:
+            self._set_test_sets_aside(trainer)
         self.records.append((epoch, curves))
         # S and U of the (classifier epoch, γ) with the best H: one consistent triple
         best = np.unravel_index(int(np.nanargmax(curves.H)), curves.H.shape)

@@ -17,9 +17,8 @@ import ctypes.util
 import logging
 import platform
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
@@ -69,54 +68,135 @@ def release_freed_memory() -> bool:
     return bool(libc.malloc_trim(0))
 
 
-# state tensors below this many elements (Adam's step counters, biases) are not worth a file round trip
-_OFFLOAD_MIN_NUMEL = 1 << 16
+# tensors below this many bytes (Adam's step counters, biases, labels) are not worth a file round trip
+_OFFLOAD_MIN_BYTES = 1 << 18
 
 
-@contextmanager
-def optimizer_state_offloaded(optimizers: Iterable[torch.optim.Optimizer], directory: str | Path | None = None,
-                              enabled: bool = True, min_bytes: int = 0) -> Iterator[bool]:
-    """Keep the optimisers' large CPU state tensors in an anonymous file for the duration of the block.
+class Offload:
+    """Tensors' memory kept in one unlinked temporary file until the ``with`` block ends, then read back bit
+    for bit (also when the block raises).
 
-    An evaluation needs the weights but not Adam's two moments (twice the weights: tf-VAEGAN at AWA2 shapes,
-    557 MB), while the classifier's inputs need room of their own. The moments are written to an unlinked
-    temporary file in ``directory`` (the run directory: on disk, not a RAM-backed ``/tmp``), dropped from
-    memory, and read back, bit for bit, when the block ends (also when it raises). GPU state and small
-    tensors stay where they are, and so does everything when the state to move is below ``min_bytes`` (the
-    round trip costs ≈ 1.2 s per GB here, not worth it for small networks). Yields whether anything was
-    offloaded; a file that cannot be written (disk full, read-only directory) leaves the state in memory
-    with a warning.
+    An evaluation during training reads the weights only until the classifier's inputs are built and never
+    reads Adam's moments, while the classifier's inputs need room of their own (tf-VAEGAN at AWA2 shapes:
+    557 MB of moments, 278 MB of weights, 306 MB of image features, 1.38 GB of fp32 classifier inputs).
+    ``offload(tensors)`` writes each tensor's storage to the file and frees it *in place*
+    (``UntypedStorage.resize_(0)``), so every reference to it, the optimiser's state keys, views and the
+    data object all see the same bytes again afterwards. Only hand in tensors the block does not read: torch
+    does not check an emptied storage, and a read would crash the process (the tests run whole evaluations
+    with everything moved, and compare their numbers with a run that moves nothing). The file lives in
+    ``directory`` (the run directory: on disk, not a RAM-backed ``/tmp``) and is unlinked from the start,
+    so nothing is left behind even by a crash.
+
+    Skipped, staying in memory: GPU tensors, tensors under 256 KiB, tensors that are a view of part of a
+    larger storage (the rest may still be in use) and storages that cannot be resized (memory shared with
+    numpy or another library). ``directory=None``: moves nothing. A file that cannot be written (disk full,
+    read-only directory) leaves the tensors in memory with one warning.
     """
-    entries = [(state, key) for optimizer in (optimizers if enabled else ()) for state in optimizer.state.values()
-               for key, value in state.items()
-               if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.numel() >= _OFFLOAD_MIN_NUMEL]
-    if sum(state[key].numel() * state[key].element_size() for state, key in entries) < max(min_bytes, 1):
-        entries = []
-    handle = None
-    if entries:
+
+    def __init__(self, directory: str | Path | None):
+        self.directory = directory
+        self.moved_bytes = 0
+        self._handle = None
+        self._moved: list[tuple[torch.UntypedStorage, int]] = []  # (storage, its size), in file order
+        self._seen: set[int] = set()
+        self._failed = directory is None
+
+    def __enter__(self) -> "Offload":
+        return self
+
+    def __call__(self, tensors: Iterable[torch.Tensor]) -> int:
+        """Move ``tensors`` out of memory until the block ends; returns the bytes moved by this call."""
+        moved = 0
+        for tensor in tensors:
+            if self._failed:
+                break
+            storage = tensor.untyped_storage()
+            nbytes = storage.nbytes()
+            if (tensor.device.type != "cpu" or storage._cdata in self._seen or nbytes < max(_OFFLOAD_MIN_BYTES, 1)
+                    or tensor.numel() * tensor.element_size() != nbytes or not storage.resizable()):
+                continue
+            try:
+                if self._handle is None:
+                    self._handle = tempfile.TemporaryFile(prefix="zsl-gen-offload-", dir=self.directory)
+                # the bytes through a ctypes view: Tensor.numpy() would mark the storage non-resizable for good
+                self._handle.write(_bytes_at(storage))
+            except OSError as err:
+                self._failed = True
+                log.warning("weights, optimizer state and features kept in memory during the evaluation: cannot "
+                            "write them to %s (%s)", self.directory, err)
+                break
+            storage.resize_(0)
+            self._seen.add(storage._cdata)
+            self._moved.append((storage, nbytes))
+            moved += nbytes
+        self.moved_bytes += moved
+        return moved
+
+    def __exit__(self, *exc_info) -> None:
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
         try:
-            handle = tempfile.TemporaryFile(prefix="zsl-gen-optimizer-state-", dir=directory)
-            torch.save([state[key] for state, key in entries], handle)
             handle.flush()
-        except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as RuntimeError
-            log.warning("optimizer state kept in memory during the evaluation: cannot write it to %s (%s)",
-                        directory or tempfile.gettempdir(), err)
-            if handle is not None:
-                handle.close()
-            handle = None
-    if handle is None:
-        yield False
-        return
-    for state, key in entries:
-        state[key] = torch.empty(0, dtype=state[key].dtype)
-    try:
-        yield True
-    finally:
-        handle.seek(0)
-        restored = torch.load(handle, weights_only=True)
-        handle.close()
-        for (state, key), tensor in zip(entries, restored):
-            state[key] = tensor
+            handle.seek(0)
+            for storage, nbytes in self._moved:
+                storage.resize_(nbytes)
+                view = memoryview(_bytes_at(storage))
+                done = 0
+                while done < nbytes:
+                    got = handle.readinto(view[done:])
+                    if not got:
+                        raise OSError(f"the offload file ended after {done} of {nbytes} bytes")
+                    done += got
+        except OSError as err:
+            raise RuntimeError(f"cannot read the weights/optimizer state this evaluation moved to {self.directory} "
+                               f"back into memory ({err}); the run cannot go on: resume it from its last.ckpt "
+                               "(ckpt_path=...)") from err
+        finally:
+            handle.close()
+            self._moved.clear()
+
+
+def _bytes_at(storage: torch.UntypedStorage):
+    """A writable ctypes byte array over a CPU storage's memory (no copy)."""
+    return (ctypes.c_ubyte * storage.nbytes()).from_address(storage.data_ptr())
+
+
+def optimizer_state(optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.Tensor]:
+    """The optimisers' state tensors (Adam's moments, step counters), on whatever device."""
+    return [value for optimizer in optimizers for state in optimizer.state.values()
+            for value in state.values() if isinstance(value, torch.Tensor)]
+
+
+def optimizer_state_bytes(optimizers: Iterable[torch.optim.Optimizer]) -> int:
+    """Bytes of the optimisers' CPU state; before their first step, when they hold none yet, of the two
+    moments Adam will create (twice the CPU weights)."""
+    optimizers = list(optimizers)
+    state = [t for t in optimizer_state(optimizers) if t.device.type == "cpu"]
+    if state:
+        return sum(t.numel() * t.element_size() for t in state)
+    return 2 * sum(p.numel() * p.element_size() for optimizer in optimizers for group in optimizer.param_groups
+                   for p in group["params"] if p.device.type == "cpu")
+
+
+def large_model_offload(optimizers: Iterable[torch.optim.Optimizer], directory: str | Path | None,
+                        min_bytes: int = 0) -> Offload:
+    """An ``Offload`` into ``directory`` when the optimisers' state is at least ``min_bytes`` (config
+    ``offload_optimizer_state_mb``: it marks the models big enough for the round trip, ≈ 1.2 s per GB here);
+    otherwise, or with ``directory=None``, one that moves nothing."""
+    optimizers = list(optimizers)
+    big = directory is not None and optimizer_state_bytes(optimizers) >= max(min_bytes, 1)
+    return Offload(directory if big else None)
+
+
+def evaluation_offload(optimizers: Iterable[torch.optim.Optimizer], directory: str | Path | None,
+                       min_bytes: int = 0) -> Offload:
+    """An evaluation's ``large_model_offload``, the optimisers' CPU state already moved into it. Use it as
+    ``with evaluation_offload(...) as offload:`` and hand ``offload`` to ``classifier_inputs``."""
+    optimizers = list(optimizers)
+    offload = large_model_offload(optimizers, directory, min_bytes)
+    offload(optimizer_state(optimizers))
+    return offload
 
 
 def native_bf16(device: str = "cpu") -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -253,6 +253,10 @@ class GeneratorSystem(pl.LightningModule):
         """Width ``F`` of the final classifier's features: the image features' ``D`` here."""
         return data.feature_dim
 
+    def feature_map_modules(self) -> tuple[torch.nn.Module, ...]:
+        """The networks ``transform_features`` runs (none here; tf-VAEGAN's semantic decoder)."""
+        return ()
+
     def transform_features(self, x: torch.Tensor, dtype: torch.dtype | None = None,
                            out: torch.Tensor | None = None) -> torch.Tensor:
         """The final classifier's features of image features ``x (N, D)``: ``x`` itself here (tf-VAEGAN maps
@@ -264,35 +268,55 @@ class GeneratorSystem(pl.LightningModule):
 
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
-                          dtype: torch.dtype | None = None) -> ClassifierInputs:
+                          dtype: torch.dtype | None = None,
+                          offload: Callable[[Iterable[torch.Tensor]], Any] | None = None) -> ClassifierInputs:
         """Real seen training features + ``n_per_class`` synthetic features per unseen class, and the test
         features, each through ``transform_features``.
 
         ``dtype``: the features' storage dtype (``ClassifierConfig.feature_dtype``; ``None``: the data's).
         Real and synthetic rows are written straight into one training matrix (for tf-VAEGAN: mapped, so
         the input-space matrix never exists beside it); the ZSL training set is a view of its synthetic rows.
+        ``offload`` (``runtime.Offload``, during training): called with the weights once synthesis no longer
+        needs them (the feature map's after the last mapping) and with each of ``data``'s image-feature sets
+        once it has been mapped into a tensor of its own, so their memory can wait on disk meanwhile.
         """
+        done_with = offload or (lambda tensors: None)
         was_training = self.training
         self.eval()
         try:
             syn_x = self.synthesize(data.semantics[data.unseen_classes], n_per_class, generator)
+            mapping = [p for module in self.feature_map_modules() for p in module.parameters()]
+            done_with(p for p in self.parameters() if all(p is not q for q in mapping))
             release_freed_memory()  # each phase's activations, before the next phase's outputs exist
             syn_y = data.unseen_classes.repeat_interleave(n_per_class)
             n_real = data.train_x.shape[0]
             train_x = data.train_x.new_empty(n_real + syn_x.shape[0], self.classifier_feature_dim(data),
                                              dtype=dtype or data.train_x.dtype)
-            self.transform_features(data.train_x, out=train_x[:n_real])
-            release_freed_memory()
+            # the synthetic rows first: their input-space copy goes before the other sets' outputs fill up
             self.transform_features(syn_x, out=train_x[n_real:])
             del syn_x
             release_freed_memory()
-            seen_x = self.transform_features(data.seen_x, dtype)
+            self.transform_features(data.train_x, out=train_x[:n_real])
+            done_with([data.train_x])
             release_freed_memory()
-            unseen_x = self.transform_features(data.unseen_x, dtype)
+            # the larger test set first: the last mapping, where every output exists, has the smaller input beside it
+            mapped = {}
+            for name in sorted(("seen_x", "unseen_x"), key=lambda name: -getattr(data, name).shape[0]):
+                source = getattr(data, name)
+                mapped[name] = self.transform_features(source, dtype)
+                done_with([source] if not _same_memory(mapped[name], source) else [])
+                release_freed_memory()
+            done_with(mapping)
         finally:
             self.train(was_training)
         return ClassifierInputs(
             train_x=train_x, train_y=torch.cat([data.train_y, syn_y]),
             zsl_train_x=train_x[n_real:], zsl_train_y=syn_y,
-            seen_x=seen_x, seen_y=data.seen_y, unseen_x=unseen_x, unseen_y=data.unseen_y,
+            seen_x=mapped["seen_x"], seen_y=data.seen_y, unseen_x=mapped["unseen_x"], unseen_y=data.unseen_y,
             seen_classes=data.seen_classes, unseen_classes=data.unseen_classes)
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` share a storage (``transform_features`` hands back its input when no copy is
+    needed: that input is then a classifier input and must stay)."""
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

@@ -18,6 +18,8 @@ evaluation does not use it.
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterable
+
 import torch
 
 from zsl_gen.data.types import ZSLData
@@ -203,7 +205,8 @@ class CADAVAE(GeneratorSystem):
 
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
-                          dtype: torch.dtype | None = None) -> ClassifierInputs:
+                          dtype: torch.dtype | None = None,
+                          offload: Callable[[Iterable[torch.Tensor]], Any] | None = None) -> ClassifierInputs:
         """CADA-VAE's latent-space classifier data (dimension ``Z``).
 
         - train: per seen class, its first ``n_latent_seen`` training features in data order, cycled
@@ -216,6 +219,7 @@ class CADAVAE(GeneratorSystem):
         ``n_per_class`` (the pipeline's ``syn_num``) is ignored: the counts are the hyper-parameters
         ``n_latent_seen`` / ``n_latent_unseen`` (the generator config ties ``n_latent_unseen`` to
         ``syn_num`` by interpolation). ``dtype``: storage dtype of the latents (``None``: float32).
+        ``offload``: as ``GeneratorSystem.classifier_inputs``'s (weights and image features, once encoded).
         """
         was_training = self.training
         self.eval()
@@ -237,6 +241,8 @@ class CADAVAE(GeneratorSystem):
 
             seen_mu, _ = self.encode_features(data.seen_x)
             unseen_mu, _ = self.encode_features(data.unseen_x)
+            if offload is not None:  # the classifier reads latents only
+                offload([*self.parameters(), data.train_x, data.seen_x, data.unseen_x])
         finally:
             self.train(was_training)
         store = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
