@@ -148,7 +148,7 @@ def test_unwritable_offload_directory_keeps_everything_in_memory(tmp_path, caplo
     with evaluation_offload([optimizer], tmp_path / "missing") as offload:
         assert offload.moved_bytes == 0 and not _moved(moment)
         assert offload(weights) == 0 and not _moved(weights[0])
-    assert "kept in memory during the evaluation" in caplog.text
+    assert "kept in memory: cannot write them" in caplog.text
     with evaluation_offload([optimizer], None) as offload:  # offloading off
         assert offload(weights) == 0 and not _moved(moment) and not _moved(weights[0])
     # 2 moments x 120 000 fp32 = 0.96 MB: below a 1 MB threshold nothing goes, weights included
@@ -158,14 +158,36 @@ def test_unwritable_offload_directory_keeps_everything_in_memory(tmp_path, caplo
         assert _moved(moment) and offload(weights) == 480_000 and _moved(weights[0])
 
 
+def test_a_resumed_optimizers_state_is_moved_too(tmp_path):
+    """``torch.load`` (a resumed run's checkpoint) gives the optimiser state storages torch cannot resize:
+    the evaluation's offload copies them into memory of their own first instead of leaving 0.96 MB behind."""
+    import io
+
+    weights, optimizer = _adam_with_state()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = torch.optim.Adam(weights, lr=1e-2)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    state = resumed.state[weights[0]]
+    assert not state["exp_avg"].untyped_storage().resizable()  # what made the state stay before
+    before = {k: v.clone() for k, v in state.items()}
+    moments = dict(state)
+    with evaluation_offload([resumed], tmp_path) as offload:
+        assert offload.moved_bytes == 2 * 300 * 400 * 4 and _moved(state["exp_avg"])
+    assert all(state[k] is moments[k] and torch.equal(state[k], before[k]) for k in before)
+
+
 class _FailingFile:
     """A temporary file whose ``write`` fails after ``writes`` calls (a full disk) or whose reads come up
     short (a truncated file)."""
 
     open_file = staticmethod(tempfile.TemporaryFile)  # the real one, before a test patches it
 
-    def __init__(self, writes: int = 10**9, short_reads: bool = False, **kwargs):
+    def __init__(self, writes: int = 10**9, short_reads: bool = False, flushes: int = 10**9,
+                 reads: int = 10**9, **kwargs):
         self.file, self.writes, self.short_reads = self.open_file(**kwargs), writes, short_reads
+        self.flushes, self.reads = flushes, reads
 
     def write(self, data):
         if self.writes == 0:
@@ -173,7 +195,16 @@ class _FailingFile:
         self.writes -= 1
         return self.file.write(data)
 
+    def flush(self):  # a buffered writer reports a short last write only here
+        if self.flushes == 0:
+            raise OSError(28, "No space left on device")
+        self.flushes -= 1
+        return self.file.flush()
+
     def readinto(self, buffer):
+        if self.reads == 0:
+            raise KeyboardInterrupt
+        self.reads -= 1
         return 0 if self.short_reads else self.file.readinto(buffer)
 
     def __getattr__(self, name):
@@ -188,14 +219,14 @@ def test_a_full_disk_keeps_the_rest_in_memory_and_restores_what_was_moved(tmp_pa
         assert offload([first, second]) == 300 * 300 * 4
         assert _moved(first) and not _moved(second)
         assert offload([third]) == 0 and not _moved(third)  # one warning, then nothing more is tried
-    assert caplog.text.count("kept in memory during the evaluation") == 1
+    assert caplog.text.count("kept in memory: cannot write them") == 1
     assert all(torch.equal(t, c) for t, c in zip((first, second, third), copies))
 
 
 def test_an_unreadable_offload_file_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime.tempfile, "TemporaryFile", lambda **kw: _FailingFile(short_reads=True, **kw))
     weight = torch.randn(300, 300)
-    with pytest.raises(RuntimeError, match=r"cannot read the weights/optimizer state .* resume it from its last"):
+    with pytest.raises(RuntimeError, match=r"cannot read the weights, optimizer state or features moved .* resume it from its last"):
         with Offload(tmp_path) as offload:
             offload([weight])
 
@@ -259,3 +290,26 @@ def test_a_failed_checkpoint_save_keeps_the_previous_file_and_leaves_nothing_els
     monkeypatch.undo()
     assert torch.load(target) == {"epoch": 1}
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_a_write_that_fails_only_at_the_flush_keeps_that_tensor(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(runtime.tempfile, "TemporaryFile", lambda **kw: _FailingFile(flushes=1, **kw))
+    first, second = torch.randn(300, 300), torch.randn(300, 300)
+    copies = first.clone(), second.clone()
+    with Offload(tmp_path) as offload:
+        assert offload([first, second]) == 300 * 300 * 4 and _moved(first) and not _moved(second)
+    assert "kept in memory" in caplog.text
+    assert torch.equal(first, copies[0]) and torch.equal(second, copies[1])
+
+
+def test_an_interrupted_read_back_stays_an_interrupt_and_leaves_no_half_restored_tensor(tmp_path, monkeypatch,
+                                                                                         caplog):
+    monkeypatch.setattr(runtime.tempfile, "TemporaryFile", lambda **kw: _FailingFile(reads=1, **kw))
+    tensors = [torch.randn(300, 300) for _ in range(3)]
+    first = tensors[0].clone()
+    with pytest.raises(KeyboardInterrupt):
+        with Offload(tmp_path) as offload:
+            offload(tensors)
+    assert torch.equal(tensors[0], first)  # read back before the interrupt
+    assert _moved(tensors[1]) and _moved(tensors[2])  # empty, never garbage
+    assert "resume it from its last.ckpt" in caplog.text

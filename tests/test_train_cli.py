@@ -264,12 +264,13 @@ def test_native_bf16_follows_torchs_own_check():
     assert isinstance(native_bf16("cuda"), bool)
 
 
-@pytest.mark.parametrize("generator", ["cvae", "tfvaegan"])
+@pytest.mark.parametrize("generator", ["cvae", "tfvaegan", "cadavae"])
 def test_offload_during_evaluation_changes_no_number(generator, tmp_path, monkeypatch):
     """During each evaluation the optimiser state, then the weights and the image features (as the
     evaluation stops reading them) wait in a file, here whatever their size, and come back bit for bit: the
     curves, the results and the exported weights equal those of a run that kept everything in memory.
-    tf-VAEGAN keeps its decoder until the last feature map; a read of anything moved would crash the run."""
+    tf-VAEGAN keeps its decoder until the last feature map, CADA-VAE its encoders until the last latent; a read
+    of anything moved would crash the run."""
     import yaml
 
     import zsl_gen.callbacks as callbacks
@@ -287,9 +288,11 @@ def test_offload_during_evaluation_changes_no_number(generator, tmp_path, monkey
 
     monkeypatch.setattr(callbacks, "evaluation_offload", counting)
     runs = {}
+    size = (("generator.epochs=2", "classifier.epochs=2", "generator.syn_num=50", "generator.system.latent_dim=8")
+            if generator == "cadavae" else (*TINY, "generator.system.hidden_dim=128"))
     for flag in ("0", "null"):
-        proc = zsl_train(tmp_path / flag, *TINY, f"generator={generator}", "generator.system.hidden_dim=128",
-                         "selections=[paper]", f"offload_optimizer_state_mb={flag}")
+        proc = zsl_train(tmp_path / flag, *size, f"generator={generator}", "selections=[paper]",
+                         f"offload_optimizer_state_mb={flag}")
         assert proc.returncode == 0, proc.stderr
         run = tmp_path / flag / "run"
         runs[flag] = (read_results(tmp_path / flag)["results"], json.loads((run / "curves.json").read_text()),
@@ -306,13 +309,14 @@ def test_offload_during_evaluation_changes_no_number(generator, tmp_path, monkey
 def test_each_split_reads_the_dataset_and_trains_without_the_raw_features(tmp_path, monkeypatch):
     """A run of both splits reads the dataset once per split and drops the raw features once the split's
     protocol data is built, and drops the val split's trained system before the test split trains: neither
-    is alive beside a split's training (AWA2: 305 MB of features; tf-VAEGAN's weights and Adam state 0.8 GB)."""
+    is alive beside a split's training (AWA2: 305 MB of features; tf-VAEGAN's weights and Adam state 0.8 GB).
+    Each trained split's optimiser state goes as soon as its training ends."""
     import gc
     import weakref
 
     from zsl_gen import pipeline
 
-    reads, systems, alive_at_training = [], [], []
+    reads, systems, alive_at_training, state_left = [], [], [], []
     load, train = pipeline.load_dataset, pipeline.train_generator
 
     def load_dataset(ds):
@@ -326,6 +330,7 @@ def test_each_split_reads_the_dataset_and_trains_without_the_raw_features(tmp_pa
                                   sum(ref() is not None for ref in systems)))
         trained = train(*args, **kwargs)
         systems.append(weakref.ref(trained.system))
+        state_left.append(sum(len(opt.state) for opt in trained.system.trainer.optimizers))
         return trained
 
     monkeypatch.setattr(pipeline, "load_dataset", load_dataset)
@@ -335,6 +340,8 @@ def test_each_split_reads_the_dataset_and_trains_without_the_raw_features(tmp_pa
     # val split, then test split: neither a raw dataset nor the val split's system (and its trainer's
     # optimiser state) is alive while the test split trains
     assert len(reads) == 2 and alive_at_training == [(0, 0), (0, 0)]
+    # and once a split is trained its optimiser state (in its checkpoints) is dropped, before the export
+    assert state_left == [0, 0]
     assert read_results(tmp_path)["dataset"]["arrays_sha256"]  # the record of the data both splits read
 
 

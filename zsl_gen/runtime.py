@@ -85,23 +85,27 @@ class Offload:
     does not check an emptied storage, and a read would crash the process (the tests run whole evaluations
     with everything moved, and compare their numbers with a run that moves nothing). The file lives in
     ``directory`` (the run directory: on disk, not a RAM-backed ``/tmp``) and is unlinked from the start,
-    so nothing is left behind even by a crash.
+    so nothing is left behind even by a crash. ``first``: tensors moved on entering the block.
 
-    Skipped, staying in memory: GPU tensors, tensors under 256 KiB, tensors that are a view of part of a
-    larger storage (the rest may still be in use) and storages that cannot be resized (memory shared with
-    numpy or another library). ``directory=None``: moves nothing. A file that cannot be written (disk full,
-    read-only directory) leaves the tensors in memory with one warning.
+    Skipped, staying in memory: GPU tensors (a GPU run moves nothing), tensors under 256 KiB, tensors that
+    are a view of part of a larger storage (the rest may still be in use) and storages that cannot be resized
+    (memory shared with numpy, or read by ``torch.load``: ``own_memory`` copies such tensors first).
+    ``directory=None``: moves nothing. A file that cannot be written (disk full, read-only directory) leaves
+    the tensors in memory with a warning.
     """
 
-    def __init__(self, directory: str | Path | None):
+    def __init__(self, directory: str | Path | None, first: Iterable[torch.Tensor] = ()):
         self.directory = directory
         self.moved_bytes = 0
+        self._first = list(first)
         self._handle = None
         self._moved: list[tuple[torch.UntypedStorage, int]] = []  # (storage, its size), in file order
         self._seen: set[int] = set()
         self._failed = directory is None
 
     def __enter__(self) -> "Offload":
+        first, self._first = self._first, []
+        self(first)
         return self
 
     def __call__(self, tensors: Iterable[torch.Tensor]) -> int:
@@ -120,14 +124,16 @@ class Offload:
                     self._handle = tempfile.TemporaryFile(prefix="zsl-gen-offload-", dir=self.directory)
                 # the bytes through a ctypes view: Tensor.numpy() would mark the storage non-resizable for good
                 self._handle.write(_bytes_at(storage))
+                self._handle.flush()  # a full disk must show here, while the bytes are still in memory
             except OSError as err:
                 self._failed = True
-                log.warning("weights, optimizer state and features kept in memory during the evaluation: cannot "
-                            "write them to %s (%s)", self.directory, err)
+                log.warning("weights, optimizer state and features kept in memory: cannot write them to %s (%s)",
+                            self.directory, err)
                 break
-            storage.resize_(0)
+            # recorded before it is emptied: an interrupt in between leaves a storage that reads back as itself
             self._seen.add(storage._cdata)
             self._moved.append((storage, nbytes))
+            storage.resize_(0)
             moved += nbytes
         self.moved_bytes += moved
         return moved
@@ -136,8 +142,8 @@ class Offload:
         if self._handle is None:
             return
         handle, self._handle = self._handle, None
+        restored = 0
         try:
-            handle.flush()
             handle.seek(0)
             for storage, nbytes in self._moved:
                 storage.resize_(nbytes)
@@ -148,10 +154,18 @@ class Offload:
                     if not got:
                         raise OSError(f"the offload file ended after {done} of {nbytes} bytes")
                     done += got
-        except OSError as err:
-            raise RuntimeError(f"cannot read the weights/optimizer state this evaluation moved to {self.directory} "
-                               f"back into memory ({err}); the run cannot go on: resume it from its last.ckpt "
-                               "(ckpt_path=...)") from err
+                restored += 1
+        except BaseException as err:
+            # what is not back stays empty (a read crashes) rather than holding bytes that were never restored
+            for storage, _ in self._moved[restored:]:
+                storage.resize_(0)
+            message = (f"cannot read the weights, optimizer state or features moved to {self.directory} back into "
+                       f"memory ({type(err).__name__}: {err}); the run cannot go on: resume it from its last.ckpt "
+                       "(ckpt_path=...)")
+            if not isinstance(err, Exception):  # an interrupt stays an interrupt
+                log.error(message)
+                raise
+            raise RuntimeError(message) from err
         finally:
             handle.close()
             self._moved.clear()
@@ -160,6 +174,17 @@ class Offload:
 def _bytes_at(storage: torch.UntypedStorage):
     """A writable ctypes byte array over a CPU storage's memory (no copy)."""
     return (ctypes.c_ubyte * storage.nbytes()).from_address(storage.data_ptr())
+
+
+def own_memory(tensors: Iterable[torch.Tensor]) -> None:
+    """Give each CPU tensor whose storage torch cannot resize a copy of its own that it can, in place (the
+    same tensor object): ``torch.load`` hands a resumed run's optimiser state back in such storages, which
+    ``Offload`` would otherwise have to leave in memory. One tensor's copy exists at a time."""
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if tensor.device.type == "cpu" and storage.nbytes() and not storage.resizable():
+            fresh = torch.empty_like(tensor, memory_format=torch.preserve_format).copy_(tensor)
+            tensor.set_(fresh.untyped_storage(), fresh.storage_offset(), fresh.shape, fresh.stride())
 
 
 def optimizer_state(optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.Tensor]:
@@ -180,22 +205,24 @@ def optimizer_state_bytes(optimizers: Iterable[torch.optim.Optimizer]) -> int:
 
 
 def large_model_offload(optimizers: Iterable[torch.optim.Optimizer], directory: str | Path | None,
-                        min_bytes: int = 0) -> Offload:
-    """An ``Offload`` into ``directory`` when the optimisers' state is at least ``min_bytes`` (config
-    ``offload_optimizer_state_mb``: it marks the models big enough for the round trip, ≈ 1.2 s per GB here);
-    otherwise, or with ``directory=None``, one that moves nothing."""
+                        min_bytes: int = 0, first: Iterable[torch.Tensor] = ()) -> Offload:
+    """An ``Offload`` into ``directory`` (moving ``first`` on entry) when the optimisers' state is at least
+    ``min_bytes`` (config ``offload_optimizer_state_mb``: it marks the models big enough for the round trip,
+    ≈ 1.2 s per GB here); otherwise, or with ``directory=None``, one that moves nothing."""
     optimizers = list(optimizers)
     big = directory is not None and optimizer_state_bytes(optimizers) >= max(min_bytes, 1)
-    return Offload(directory if big else None)
+    return Offload(directory if big else None, first)
 
 
 def evaluation_offload(optimizers: Iterable[torch.optim.Optimizer], directory: str | Path | None,
                        min_bytes: int = 0) -> Offload:
-    """An evaluation's ``large_model_offload``, the optimisers' CPU state already moved into it. Use it as
+    """An evaluation's ``large_model_offload``, which moves the optimisers' CPU state on entry. Use it as
     ``with evaluation_offload(...) as offload:`` and hand ``offload`` to ``classifier_inputs``."""
     optimizers = list(optimizers)
-    offload = large_model_offload(optimizers, directory, min_bytes)
-    offload(optimizer_state(optimizers))
+    state = optimizer_state(optimizers)
+    offload = large_model_offload(optimizers, directory, min_bytes, first=state)
+    if offload.directory is not None:
+        own_memory(state)
     return offload
 
 
