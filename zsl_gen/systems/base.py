@@ -301,7 +301,7 @@ class GeneratorSystem(pl.LightningModule):
             release_freed_memory()
             # the larger test set first: the last mapping, where every output exists, has the smaller input beside it
             mapped = {}
-            for name in sorted(("seen_x", "unseen_x"), key=lambda name: -getattr(data, name).shape[0]):
+            for name in sorted(("seen_x", "unseen_x"), key=lambda key: -getattr(data, key).shape[0]):
                 source = getattr(data, name)
                 mapped[name] = self.transform_features(source, dtype)
                 done_with([source] if not _same_memory(mapped[name], source) else [])
