@@ -72,13 +72,13 @@ class GZSLEvaluation(pl.Callback):
     def _set_test_sets_aside(self, trainer: pl.Trainer) -> None:
         """Only evaluations read the test features (tf-VAEGAN at AWA2 shapes: 108 MB, at the height of its
         training's memory): for a large model they wait on disk until the next evaluation."""
-        self._test_sets_aside = large_model_offload(trainer.optimizers, self.offload_dir, self.offload_min_bytes,
-                                                    first=[self.data.seen_x, self.data.unseen_x]).__enter__()
+        self._test_sets_aside = large_model_offload(trainer.optimizers, self.offload_dir, self.offload_min_bytes)
+        self._test_sets_aside([self.data.seen_x, self.data.unseen_x])
 
     def _test_sets_back(self) -> None:
         if self._test_sets_aside is not None:
             aside, self._test_sets_aside = self._test_sets_aside, None
-            aside.__exit__(None, None, None)
+            aside.restore()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._test_sets_back()

@@ -123,7 +123,7 @@ class Offload:
                 if self._handle is None:
                     self._handle = tempfile.TemporaryFile(prefix="zsl-gen-offload-", dir=self.directory)
                 # the bytes through a ctypes view: Tensor.numpy() would mark the storage non-resizable for good
-                self._handle.write(_bytes_at(storage))
+                self._handle.write(storage_bytes(storage))
                 self._handle.flush()  # a full disk must show here, while the bytes are still in memory
             except OSError as err:
                 self._failed = True
@@ -139,6 +139,10 @@ class Offload:
         return moved
 
     def __exit__(self, *exc_info) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Read every moved tensor back (what leaving the ``with`` block does)."""
         if self._handle is None:
             return
         handle, self._handle = self._handle, None
@@ -147,7 +151,7 @@ class Offload:
             handle.seek(0)
             for storage, nbytes in self._moved:
                 storage.resize_(nbytes)
-                view = memoryview(_bytes_at(storage))
+                view = memoryview(storage_bytes(storage))
                 done = 0
                 while done < nbytes:
                     got = handle.readinto(view[done:])
@@ -171,8 +175,9 @@ class Offload:
             self._moved.clear()
 
 
-def _bytes_at(storage: torch.UntypedStorage):
-    """A writable ctypes byte array over a CPU storage's memory (no copy)."""
+def storage_bytes(storage: torch.UntypedStorage):
+    """A writable ctypes byte array over a CPU storage's memory (no copy), for file I/O or ``np.frombuffer``
+    without ``Tensor.numpy()``, which marks the storage as shared with numpy: never resizable again."""
     return (ctypes.c_ubyte * storage.nbytes()).from_address(storage.data_ptr())
 
 

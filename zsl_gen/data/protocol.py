@@ -9,7 +9,6 @@ protocol only, and its statistics are returned so they can be saved with a run a
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,6 +23,7 @@ from zsl_gen.data.validate import (
     origin_of,
 )
 from zsl_gen.errors import ConfigError, DataError
+from zsl_gen.runtime import storage_bytes
 
 SPLITS = ("test", "val")
 FEATURE_SCALINGS = ("minmax", "none")
@@ -122,7 +122,7 @@ def _scaled_rows(features: np.ndarray, rows: np.ndarray, feat_prep: dict[str, An
     tensor = torch.empty((rows.size, features.shape[1]), dtype=torch.float32)
     if tensor.numel() == 0:
         return tensor
-    out = np.frombuffer(_bytes_of(tensor), dtype=np.float32).reshape(tensor.shape)
+    out = np.frombuffer(storage_bytes(tensor.untyped_storage()), dtype=np.float32).reshape(tensor.shape)
     if features.dtype == np.float32 and 0 <= rows.min() and rows.max() < features.shape[0]:
         np.take(features, rows, axis=0, out=out, mode="clip")  # in range: "clip" clips nothing, and unlike
         # the default "raise" it writes into `out` without a full-size buffer first
@@ -135,12 +135,6 @@ def _scaled_rows(features: np.ndarray, rows: np.ndarray, feat_prep: dict[str, An
         out -= mn
         out /= span
     return tensor
-
-
-def _bytes_of(tensor: torch.Tensor):
-    """A writable view of a contiguous CPU tensor's bytes for numpy, without ``Tensor.numpy()`` (which marks
-    the storage as shared with numpy: never resizable again)."""
-    return (ctypes.c_ubyte * (tensor.numel() * tensor.element_size())).from_address(tensor.data_ptr())
 
 
 def l2_rows(s: np.ndarray) -> np.ndarray:

@@ -286,7 +286,8 @@ class GeneratorSystem(pl.LightningModule):
         try:
             syn_x = self.synthesize(data.semantics[data.unseen_classes], n_per_class, generator)
             mapping = [p for module in self.feature_map_modules() for p in module.parameters()]
-            done_with(p for p in self.parameters() if all(p is not q for q in mapping))
+            kept = set(mapping)  # tensors hash by identity
+            done_with(p for p in self.parameters() if p not in kept)
             release_freed_memory()  # each phase's activations, before the next phase's outputs exist
             syn_y = data.unseen_classes.repeat_interleave(n_per_class)
             n_real = data.train_x.shape[0]
