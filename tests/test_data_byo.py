@@ -132,6 +132,10 @@ def _splits(obj):
     (lambda d: np.save(d / "labels.npy", np.arange(60) % 7), ["labels.npy", "semantics.npy", "only 6 classes",
                                                                "one row per class"]),
     (lambda d: np.save(d / "labels.npy", np.arange(60) % 6 - 1), ["labels.npy", "(-1)", "0-based"]),
+    (lambda d: np.save(d / "labels.npy", np.arange(60) % 6 + 1), ["labels.npy", "only 6 classes",
+                                                               "count classes from 1, subtract 1"]),
+    (lambda d: np.save(d / "labels.npy", np.arange(60) % 2 == 0), ["labels.npy", "booleans", "integer"]),
+    (lambda d: np.save(d / "features.npy", np.zeros((60, 0))), ["features.npy", "0 feature dimensions"]),
     (lambda d: (d / "classes.txt").write_text("c0\nc1\n\nc3\nc4\nc5\n"), ["classes.txt", "empty", "line"]),
     (lambda d: (d / "classes.txt").write_text("c0\nc1\nc1\nc3\nc4\nc5\n"), ["classes.txt", "'c1'", "unique"]),
     (lambda d: (d / "classes.txt").write_text("".join(f"c{i}\n" for i in range(7))),
@@ -144,6 +148,9 @@ def _splits(obj):
      ["'seen_classes'", "'unseen_classes'", "'c1'", "remove it from one list"]),
     (_splits({"seen_classes": ["c0"], "unseen_classes": ["c1"], "val_classes": ["c2"]}),
      ["'val_classes'", "'c2'", "subset"]),
+    (_splits({"seen_classes": ["c0", "c1"], "unseen_classes": []}), ["key 'unseen_classes'", "is empty"]),
+    (_splits({"seen_classes": ["c0", "c1"], "unseen_classes": ["c4"], "val_classes": ["c0", "c1"]}),
+     ["key 'val_classes'", "every seen class", "leave some out"]),
     (_splits({"trainval": [0, 1], "test_seen": [2]}), ["splits.json", "no key 'test_unseen'"]),
     (_splits({"trainval": [0, 1.5], "test_seen": [2], "test_unseen": [3]}),
      ["key 'trainval'", "0-based integer row indices"]),
@@ -216,3 +223,70 @@ def test_save_byo_rejects_unwritable_class_names(tmp_path):
         save_byo(raw, tmp_path / "b")
     assert_user_error(ei, "classes.txt", "line breaks")
     assert not (tmp_path / "b" / "features.npy").exists()
+
+
+def test_the_simulated_features_note_survives_both_conversions(tmp_path):
+    """A note saying the features are simulated must not be lost on the way to a run's results.json."""
+    raw = make_synthetic(seed=0, feature_dim=8, n_classes=10, n_unseen=2, n_val_classes=2)
+    raw.features_note = "simulated features (test), not real image features"
+    save_byo(raw, tmp_path / "b")
+    byo = load_byo(tmp_path / "b")
+    assert byo.features_note == raw.features_note
+    save_xlsa17(byo, tmp_path / "x")
+    assert load_xlsa17(tmp_path / "x", name="s").features_note == raw.features_note
+    raw.features_note = None  # real features: no key written, none read back
+    save_byo(raw, tmp_path / "real")
+    assert "features_note" not in json.loads((tmp_path / "real" / "splits.json").read_text())
+    assert load_byo(tmp_path / "real").features_note is None
+
+
+@pytest.mark.parametrize("fmt", ["byo", "xlsa17"])
+def test_a_configured_semantic_space_the_files_contradict_is_an_error(tmp_path, fmt):
+    raw = make_synthetic(seed=0, feature_dim=8, n_classes=10, n_unseen=2, n_val_classes=2)
+    raw.semantic_space = "sent"
+    (save_byo if fmt == "byo" else save_xlsa17)(raw, tmp_path / "d")
+    where = "splits.json" if fmt == "byo" else "att_splits.mat"
+    with pytest.raises(DataError) as ei:
+        load_raw(tmp_path / "d", name="CUB", semantic_space="att")
+    assert_user_error(ei, f"key 'semantic_space' of {tmp_path / 'd' / where}", "'sent'",
+                      "dataset.semantic_space=att", "set dataset.semantic_space=sent")
+    assert load_raw(tmp_path / "d", name="CUB", semantic_space="sent").semantic_space == "sent"
+    assert load_raw(tmp_path / "d", name="CUB").semantic_space == "sent"
+
+
+def test_a_directory_with_both_formats_features_is_refused(tmp_path):
+    raw = make_synthetic(seed=0, feature_dim=8, n_classes=10, n_unseen=2, n_val_classes=2)
+    save_byo(raw, tmp_path / "d")
+    save_xlsa17(make_synthetic(seed=1, feature_dim=8, n_classes=10, n_unseen=2, n_val_classes=2), tmp_path / "d")
+    with pytest.raises(DataError) as ei:
+        load_raw(tmp_path / "d", name="X")
+    assert_user_error(ei, str(tmp_path / "d"), "features.npy", "res101.mat", "both dataset formats",
+                      "a directory of its own")
+
+
+def test_duplicate_class_names_in_a_mat_file_are_an_error(tmp_path):
+    res, att = tiny_payloads()
+    att["allclasses_names"][2, 0] = att["allclasses_names"][0, 0]
+    with pytest.raises(DataError) as ei:
+        load_xlsa17(write_xlsa17(tmp_path, res, att), name="T")
+    assert_user_error(ei, "key 'allclasses_names'", "'cls0'", "more than once", "unique")
+
+
+def test_classes_without_samples_are_counted_and_labels_from_1_are_named(tmp_path, caplog):
+    """Index-form labels shifted by one plus an extra, sampleless semantic row pass every range check: the
+    warning is the only place this shows, so it must say what it likely is."""
+    root = tmp_path / "d"
+    labels = _write_class_form(root, {})
+    np.save(root / "labels.npy", labels + 1)
+    np.save(root / "semantics.npy", np.random.default_rng(0).random((7, 3)))
+    (root / "classes.txt").write_text("".join(f"c{i}\n" for i in range(7)))
+    seen_rows = np.flatnonzero(labels < 4)
+    first = np.unique(labels[seen_rows], return_index=True)[1]
+    (root / "splits.json").write_text(json.dumps({
+        "trainval": np.delete(seen_rows, first).tolist(), "test_seen": seen_rows[first].tolist(),
+        "test_unseen": np.flatnonzero(labels >= 4).tolist()}))
+    with caplog.at_level("WARNING", logger="zsl_gen.data.validate"):
+        raw = load_byo(root)
+    assert len(raw.seen_classes) == 4 and 0 not in raw.labels
+    assert "1 of 7 classes have no sample" in caplog.text and "'c0'" in caplog.text
+    assert "if they count classes from 1, subtract 1" in caplog.text

@@ -228,3 +228,64 @@ def test_output_directories_below_a_file_are_one_line(xlsa17_dir, tmp_path, caps
         err = capsys.readouterr().err
         assert stop.value.code == 2 and f"{tmp_path / 'afile'} is a file, not a directory" in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_convert_and_simulate_never_mix_the_two_formats_in_one_directory(xlsa17_dir, tmp_path, capsys):
+    root, raw = xlsa17_dir
+    assert main(["convert", str(root), str(tmp_path / "byo")]) == 0
+    capsys.readouterr()
+    # an xlsa17 dataset written into a bring-your-own directory, even with --force
+    line = _user_error(capsys, ["convert", str(root), str(tmp_path / "byo"), "--to", "xlsa17", "--force"])
+    assert f"{tmp_path / 'byo' / 'features.npy'}" in line and "another directory" in line
+    # a bring-your-own dataset written into an xlsa17 directory, even with --force
+    line = _user_error(capsys, ["convert", str(tmp_path / "byo"), str(root), "--to", "byo", "--force"])
+    assert f"{root / 'res101.mat'}" in line and "other format" in line
+    line = _user_error(capsys, ["simulate", "--att-splits", str(root / "att_splits.mat"), "--out",
+                                str(tmp_path / "byo")])
+    assert "features.npy" in line and "other format" in line
+    assert sorted(p.name for p in (tmp_path / "byo").iterdir()) == sorted(
+        ["features.npy", "labels.npy", "semantics.npy", "classes.txt", "splits.json"])
+
+
+def test_simulate_keeps_a_different_splits_file_unless_forced(xlsa17_dir, tmp_path, capsys):
+    root, _ = xlsa17_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "att_splits.mat").write_bytes(b"another dataset's splits")
+    line = _user_error(capsys, ["simulate", "--att-splits", str(root / "att_splits.mat"), "--out", str(out)])
+    assert "att_splits.mat already exists and differs" in line and "--force" in line
+    assert (out / "att_splits.mat").read_bytes() == b"another dataset's splits" and not (out / "res101.mat").exists()
+    assert main(["simulate", "--att-splits", str(root / "att_splits.mat"), "--out", str(out), "--force",
+                 "--feature-dim", "4"]) == 0
+    assert (out / "att_splits.mat").read_bytes() == (root / "att_splits.mat").read_bytes()
+    # the same file again: nothing to protect
+    assert main(["simulate", "--att-splits", str(root / "att_splits.mat"), "--out", str(out), "--force",
+                 "--feature-dim", "4"]) == 0
+
+
+def test_convert_keeps_the_simulated_note_and_writes_the_named_semantics_file(tmp_path, capsys):
+    src = real_file("CUB", "sent_splits.mat")
+    assert main(["simulate", "--att-splits", str(src), "--out", str(tmp_path / "sim"), "--feature-dim", "4"]) == 0
+    assert main(["convert", str(tmp_path / "sim"), str(tmp_path / "byo"), "--semantics-file", "sent_splits.mat"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "byo")]) == 0
+    out = capsys.readouterr().out
+    assert "features: simulated features" in out and "semantics 1024-d (sent)" in out
+    assert main(["convert", str(tmp_path / "byo"), str(tmp_path / "back"), "--semantics-file",
+                 "sent_splits.mat"]) == 0
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == ["res101.mat", "sent_splits.mat"]
+    back = load_raw(tmp_path / "back", name="CUB", semantics_file="sent_splits.mat", semantic_space="sent")
+    assert back.features_note.startswith("simulated features") and back.semantics.shape == (200, 1024)
+    line = _user_error(capsys, ["convert", str(tmp_path / "byo"), str(tmp_path / "same"), "--features-file",
+                                "x.mat", "--semantics-file", "x.mat"])
+    assert "give them two names" in line and not (tmp_path / "same").exists()
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--url", "notaurl"], "url='notaurl' is not a URL"),
+    (["--timeout", "0"], "timeout=0.0: the socket timeout must be a number of seconds > 0"),
+    (["--timeout", "-1"], "timeout=-1.0"),
+])
+def test_download_refuses_a_bad_url_or_timeout_in_one_line(tmp_path, capsys, extra, named):
+    line = _user_error(capsys, ["download", "CUB", "--dir", str(tmp_path / "d"), *extra])
+    assert named in line and not (tmp_path / "d").exists()

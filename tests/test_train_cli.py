@@ -471,6 +471,27 @@ def test_the_epochs_trained_are_logged_and_an_explicit_count_is_recorded_uncappe
     assert "2 epochs" in log and "paper*" in log and f"results: {tmp_path / 'run' / 'results.json'}" in log
 
 
+def test_a_later_splits_bad_feature_range_fails_before_any_split_trains(tmp_path):
+    """feature_scaling=none with a BCE generator: split=val's training rows are in [0, 1] but one trainval row of
+    a validation class (trained on by split=test only) is not; the run fails before split=val trains."""
+    import numpy as np
+
+    from zsl_gen.data import make_synthetic, save_byo
+
+    raw = make_synthetic(n_classes=12, n_unseen=3, n_val_classes=2, semantic_dim=8, feature_dim=16,
+                         samples_per_class=20, seed=0)
+    raw.features = raw.features / raw.features.max()
+    row = int(np.intersect1d(raw.locs["val"], raw.locs["trainval"])[0])
+    raw.features[row, 3] = 1.5
+    save_byo(raw, tmp_path / "data")
+    proc = zsl_train(tmp_path, *TINY, "logger=none", "dataset=byo", f"data_dir={tmp_path / 'data'}",
+                     "dataset.feature_scaling=none")
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "[INFO]" not in line]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "the training features lie in [0, 1.5] (split=test)" in lines[0], lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "splits").exists()
+
+
 def test_own_data_in_the_byo_format_trains_and_records_its_files_and_semantic_space(tmp_path):
     """The README's "Your own data" command: `zsl-train dataset=byo data_dir=<dir> dataset.name=<name>`."""
     from zsl_gen.data import make_synthetic, save_byo

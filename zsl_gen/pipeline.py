@@ -28,6 +28,7 @@ from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEv
                               progress_callbacks)
 from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
+from zsl_gen.data.protocol import protocol_indices
 from zsl_gen.data.types import ZSLData
 from zsl_gen.data.validate import origin_of
 from zsl_gen.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -141,15 +142,32 @@ def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
     data = build_protocol(raw, split, feature_scaling=ds.feature_scaling, l2_semantics=ds.l2_semantics,
                           val_seen_fraction=ds.val_seen_fraction, seed=cfg.seed,
                           val_excludes_test=ds.get("val_excludes_test", True))
-    target = OmegaConf.select(cfg, "generator.system._target_")
-    if ds.feature_scaling == "none" and target and getattr(hydra.utils.get_class(target), "RECONSTRUCTS_WITH_BCE", False):
-        low, high = float(data.train_x.min()), float(data.train_x.max())
-        if low < 0 or high > 1:
-            raise DataError(f"{origin_of(raw).features}: the training features lie in [{low:.4g}, {high:.4g}], but "
-                            f"generator={cfg.generator.name} reconstructs them with binary cross-entropy, which needs "
-                            "[0, 1], and dataset.feature_scaling=none keeps them as they are: set "
-                            "dataset.feature_scaling=minmax (or scale the features to [0, 1] yourself)")
+    check_training_range(cfg, raw, [split])
     return data
+
+
+def check_training_range(cfg: DictConfig, raw: RawDataset, splits: list[str]) -> None:
+    """With ``dataset.feature_scaling=none``, a generator that reconstructs with binary cross-entropy needs the
+    training features of every split in ``splits`` in [0, 1]. ``split_data`` checks all splits at the first
+    read, so that a bad test split fails before the val split trains, not after it."""
+    ds = cfg.dataset
+    target = OmegaConf.select(cfg, "generator.system._target_")
+    if ds.feature_scaling != "none" or not target or \
+            not getattr(hydra.utils.get_class(target), "RECONSTRUCTS_WITH_BCE", False):
+        return
+    for split in splits:
+        rows, _, _ = protocol_indices(raw, split, val_seen_fraction=ds.val_seen_fraction, seed=cfg.seed,
+                                      val_excludes_test=ds.get("val_excludes_test", True))
+        low, high = float("inf"), float("-inf")
+        for start in range(0, rows.size, 4096):  # by row blocks: no full-size copy of the rows
+            block = raw.features[rows[start:start + 4096]]
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+        if low < 0 or high > 1:
+            raise DataError(f"{origin_of(raw).features}: the training features lie in [{low:.4g}, {high:.4g}] "
+                            f"(split={split}), but generator={cfg.generator.name} reconstructs them with "
+                            "binary cross-entropy, which needs [0, 1], and dataset.feature_scaling=none keeps "
+                            "them as they are: set dataset.feature_scaling=minmax (or scale the features to "
+                            "[0, 1] yourself)")
 
 
 class TrainedSplit(NamedTuple):
@@ -549,17 +567,22 @@ def benchmark_shape_warning(raw: RawDataset) -> str | None:
     return None
 
 
-def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None) -> tuple[ZSLData, dict[str, Any]]:
+def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None,
+               splits: list[str] | None = None) -> tuple[ZSLData, dict[str, Any]]:
     """One split's protocol data, read from the dataset afresh, and the dataset's record.
 
     The raw features are read per split and dropped once the split's data is built: kept for a later split,
     they would sit beside training all along (AWA2: 305 MB next to the split's own 305 MB). ``record`` is the
     record of an earlier split's read: the files must not have changed since (a ``DataError`` otherwise).
+    At the first read (no ``record``) the data checks of the other ``splits`` to run come first, so that
+    none fails after an earlier split has trained.
     """
     raw = load_dataset(cfg.dataset)
     now = dataset_record(raw, cfg.dataset)
     if record is None and now.get("warning"):
         log.warning(now["warning"])
+    if record is None and splits:
+        check_training_range(cfg, raw, [s for s in splits if s != split])  # (split's own: protocol_data's)
     if record is not None and now != record:
         changed = sorted(k for k in set(now) | set(record) if now.get(k) != record.get(k))
         if cfg.dataset.kind == "synthetic":  # no files: the simulator, seeded, gave other arrays this time
@@ -598,7 +621,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
     data, record, system, trained = None, None, None, None
     for split in splits:
         data = None  # an earlier split's data is not needed to build this one's (AWA2: 193 MB more at the read)
-        data, record = split_data(cfg, split, record)
+        data, record = split_data(cfg, split, record, splits)
         if split == splits[0] and resume.run_dir is not None:
             check_resumed_data(resume, record, data)
         if split == splits[0] and record.get("warning"):

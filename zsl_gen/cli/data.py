@@ -29,7 +29,7 @@ from zsl_gen.data import (
     simulate_features_for,
     write_res101,
 )
-from zsl_gen.data._io import atomic_write
+from zsl_gen.data._io import atomic_write, sha256_file
 from zsl_gen.data.byo import BYO_FILES
 from zsl_gen.data.download import DATASETS
 from zsl_gen.data.load import detect_format
@@ -127,11 +127,16 @@ def _simulate(args) -> None:
     if res.exists() and not args.force:
         raise DataError(f"{res} already exists; pass --force to overwrite it with simulated features, or "
                         "choose another --out directory")
+    dst = out / src.name
+    if dst.exists() and dst.resolve() != src.resolve() and not args.force and \
+            (not dst.is_file() or not src.is_file() or sha256_file(dst) != sha256_file(src)):
+        raise DataError(f"{dst} already exists and differs from {src}; pass --force to overwrite it, or choose "
+                        "another --out directory")
+    _refuse_other_format(out, ("features.npy",), "--out")
     raw = simulate_features_for(src, feature_dim=args.feature_dim, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     write_res101(raw, res, note=f"simulated features (zsl-data simulate, seed {args.seed}, "
                                 f"{raw.features.shape[1]}-d), not real image features")
-    dst = out / src.name
     if not dst.exists() or dst.resolve() != src.resolve():
         with open(src, "rb") as fin:
             atomic_write(dst, lambda fh: shutil.copyfileobj(fin, fh))
@@ -142,6 +147,15 @@ def _simulate(args) -> None:
 
 def _check_output_dir(path: Path, what: str) -> None:
     check_output_path(path, what, directory=True)
+
+
+def _refuse_other_format(dst: Path, others: tuple[str, ...], what: str) -> None:
+    """A dataset directory holds one format: files written beside the other format's features (``others``)
+    would leave a directory that no run could read without guessing (``detect_format`` refuses it)."""
+    for name in others:
+        if (dst / name).exists():
+            raise DataError(f"{what} {dst} already holds a dataset of the other format ({dst / name}); write into "
+                            "another directory (--force replaces only files of the same format)")
 
 
 def _load(args, path: Path) -> RawDataset:
@@ -157,13 +171,26 @@ def _convert(args) -> None:
     if args.dst.resolve() == args.src.resolve():
         raise ConfigError(f"{args.dst}: the destination is the source directory; convert into another directory")
     to = args.to or ("xlsa17" if fmt == "byo" else "byo")
-    raw = _load(args, args.src)
-    outputs = BYO_FILES if to == "byo" else ("res101.mat", "att_splits.mat")
+    if to == "xlsa17" and args.features_file == args.semantics_file:
+        raise ConfigError(f"--features-file and --semantics-file are both {args.features_file}: the xlsa17 format "
+                          "writes two files; give them two names")
+    outputs = BYO_FILES if to == "byo" else (args.features_file, args.semantics_file)
+    _refuse_other_format(args.dst, tuple(dict.fromkeys((args.features_file, "res101.mat"))) if to == "byo"
+                         else ("features.npy",), "the destination")
+    folders = [f for f in outputs if (args.dst / f).is_dir()]
+    if folders:
+        raise DataError(f"{args.dst / folders[0]} is a directory, where the {to} file {folders[0]} would go; "
+                        "choose another destination")
     existing = [f for f in outputs if (args.dst / f).exists()]
     if existing and not args.force:
         raise DataError(f"{args.dst} already holds {', '.join(existing)}; pass --force to overwrite, or "
                         "choose another destination")
-    (save_byo if to == "byo" else save_xlsa17)(raw, args.dst)
+    raw = _load(args, args.src)
+    if to == "byo":
+        save_byo(raw, args.dst)
+    else:
+        save_xlsa17(raw, args.dst, features_file=args.features_file, semantics_file=args.semantics_file,
+                    semantic_key=args.semantic_key)
     print(f"converted {args.src} ({fmt}) -> {args.dst} ({to}): {', '.join(outputs)}")
     print(summary(raw, checksums=False))
 

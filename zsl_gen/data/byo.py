@@ -45,7 +45,9 @@ neither list are not used (a warning counts them); a listed class without sample
       "semantic_space": "att"                  (optional)
     }
 
-An optional ``"name"`` key names the dataset (default: the directory name). Other keys are ignored.
+An optional ``"name"`` key names the dataset (default: the directory name), and an optional
+``"features_note"`` says what the features are when they are not real image features (``zsl-data convert``
+carries ``zsl-data simulate``'s note over; every run's ``results.json`` shows it). Other keys are ignored.
 The loader checks the same things as the xlsa17 loader (shapes, index ranges, NaN/Inf, overlapping
 seen and unseen classes, seen test classes without training samples) and names the file and key at
 fault. Write one from Python with ``zsl_gen.data.save_byo(raw, dir)``, or convert an xlsa17 directory
@@ -64,7 +66,8 @@ import numpy as np
 from zsl_gen.data._io import atomic_write, atomic_write_text, sha256_file
 from zsl_gen.data.protocol import per_class_holdout
 from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS, RawDataset
-from zsl_gen.data.validate import MAX_LISTED, Origin, require_file, validate_raw
+from zsl_gen.data.validate import (MAX_LISTED, Origin, check_semantic_space, check_unique_names, require_file,
+                                   validate_raw)
 from zsl_gen.data.xlsa17 import write_att_splits, write_res101
 from zsl_gen.errors import DataError
 
@@ -101,11 +104,7 @@ def _read_classes(path: Path) -> list[str]:
     if empty:
         raise DataError(f"{path} has empty class names on lines {empty[:MAX_LISTED]}; "
                         "give every class a name")
-    seen: set[str] = set()
-    dups = [n for n in names if n in seen or seen.add(n)]
-    if dups:
-        listed = ", ".join(map(repr, dups[:MAX_LISTED]))
-        raise DataError(f"{path} lists class names more than once ({listed}); class names must be unique")
+    check_unique_names(names, str(path))  # before the split lists look names up (validate_raw checks it again)
     return names
 
 
@@ -149,11 +148,17 @@ def _locs_from_classes(splits: dict, labels: np.ndarray, names: list[str], path:
         listed = ", ".join(repr(names[i]) for i in both[:MAX_LISTED])
         raise DataError(f"keys 'seen_classes' and 'unseen_classes' of {path} share {both.size} classes "
                         f"({listed}); a class is either seen or unseen: remove it from one list")
+    for key, ids in (("seen_classes", seen), ("unseen_classes", unseen)):
+        if ids.size == 0:
+            raise DataError(f"key '{key}' of {path} is empty; list at least one {key.split('_')[0]} class")
     stray = np.setdiff1d(val, seen)
     if stray.size:
         listed = ", ".join(repr(names[i]) for i in stray[:MAX_LISTED])
         raise DataError(f"key 'val_classes' of {path} lists classes that are not seen classes ({listed}); "
                         "validation classes must be a subset of 'seen_classes'")
+    if val.size and val.size == seen.size:
+        raise DataError(f"key 'val_classes' of {path} lists every seen class, which leaves split=val no class to "
+                        "train on; validation classes are a part of the seen classes: leave some out of it")
     frac = splits.get("test_seen_fraction", 0.2)
     if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 < frac < 1:
         raise DataError(f"key 'test_seen_fraction' of {path} must be a number in (0, 1), got {frac!r}")
@@ -187,13 +192,16 @@ def _locs_from_classes(splits: dict, labels: np.ndarray, names: list[str], path:
     return locs
 
 
-def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0) -> RawDataset:
+def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0,
+             semantic_space: str | None = None) -> RawDataset:
     """Read a bring-your-own dataset directory (format: see the module docstring).
 
     Args:
         data_dir: directory with features.npy, labels.npy, semantics.npy, classes.txt, splits.json.
         name: dataset name; default: ``splits.json``'s ``"name"``, else the directory name.
         seed: seed of the per-class test_seen hold-out when ``splits.json`` lists class names.
+        semantic_space: the space the caller expects (None: ``splits.json``'s, default ``"att"``); one that
+            ``splits.json`` contradicts is a ``DataError``.
 
     Returns:
         A validated ``RawDataset`` (``features (N, D)`` float32, ``labels (N,)`` int64,
@@ -225,6 +233,9 @@ def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0) ->
     labels = labels.reshape(-1) if labels.ndim == 0 else labels
     if labels.ndim != 1:
         raise DataError(f"{origin.labels} must be a 1-d (N,) array, got shape {labels.shape}")
+    if labels.dtype.kind == "b":
+        raise DataError(f"{origin.labels} holds booleans; it must hold integer class indices (0-based rows of "
+                        "classes.txt)")
     if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
         raise DataError(f"{origin.labels} must hold integer class indices; it has non-integer values")
     labels = labels.astype(np.int64)
@@ -252,9 +263,14 @@ def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0) ->
             f"{sp} has neither 'seen_classes'/'unseen_classes' (class names) nor 'trainval'/'test_seen'/"
             f"'test_unseen' (0-based index lists) (it has: {', '.join(sorted(splits)) or 'nothing'}); {_FIX}"
         )
-    space = splits.get("semantic_space", "att")
-    if not isinstance(space, str) or not space:
+    space = splits.get("semantic_space")
+    if space is not None and (not isinstance(space, str) or not space):
         raise DataError(f"key 'semantic_space' of {sp} must be a non-empty string such as 'att' or 'sent'")
+    check_semantic_space(semantic_space, space, f"key 'semantic_space' of {sp}")
+    space = semantic_space or space or "att"
+    note = splits.get("features_note")
+    if note is not None and not isinstance(note, str):
+        raise DataError(f"key 'features_note' of {sp} must be a string (what the features are), got {note!r}")
     ds_name = name or splits.get("name") or root.resolve().name
     files = {str((root / f).resolve()): sha256_file(root / f) for f in BYO_FILES}
     raw = RawDataset(
@@ -266,6 +282,7 @@ def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0) ->
         locs=locs,
         semantic_space=space,
         files=files,
+        features_note=note or None,
     )
     return validate_raw(raw, origin)
 
@@ -291,22 +308,29 @@ def save_byo(raw: RawDataset, data_dir: str | Path) -> Path:
     _save_npy(root / "semantics.npy", np.ascontiguousarray(raw.semantics, dtype=np.float32))
     atomic_write_text(root / "classes.txt", "".join(f"{n}\n" for n in raw.class_names))
     splits: dict[str, Any] = {"name": raw.name, "semantic_space": raw.semantic_space}
+    if raw.features_note:
+        splits["features_note"] = raw.features_note
     splits.update({k: np.asarray(v, dtype=np.int64).tolist() for k, v in raw.locs.items()})
     atomic_write_text(root / "splits.json", json.dumps(splits) + "\n")
     return root
 
 
-def save_xlsa17(raw: RawDataset, data_dir: str | Path, *, compress: bool = False) -> Path:
+def save_xlsa17(raw: RawDataset, data_dir: str | Path, *, compress: bool = False,
+                features_file: str = "res101.mat", semantics_file: str = "att_splits.mat",
+                semantic_key: str = "att") -> Path:
     """Write ``raw`` as an xlsa17 directory: ``res101.mat`` + ``att_splits.mat``, each atomically.
 
-    ``res101.mat``: ``features`` D × N float64, ``labels`` N × 1 (1-based), ``image_files`` N × 1 cell.
-    ``att_splits.mat``: ``att`` A × C, ``allclasses_names`` C × 1 cell, 1-based ``*_loc`` column vectors.
+    ``res101.mat``: ``features`` D × N float64, ``labels`` N × 1 (1-based), ``image_files`` N × 1 cell, and
+    ``simulated`` (``raw.features_note``) when there is one.
+    ``att_splits.mat``: ``att`` A × C, ``allclasses_names`` C × 1 cell, 1-based ``*_loc`` column vectors,
+    ``semantic_space``. ``features_file``/``semantics_file``/``semantic_key`` name them otherwise (e.g.
+    ``sent_splits.mat`` for sentence embeddings, as in the CUB release).
 
     Returns:
         The directory.
     """
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    write_res101(raw, root / "res101.mat", compress=compress)
-    write_att_splits(raw, root / "att_splits.mat")
+    write_res101(raw, root / features_file, compress=compress)
+    write_att_splits(raw, root / semantics_file, semantic_key=semantic_key)
     return root

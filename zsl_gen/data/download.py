@@ -11,11 +11,13 @@ sha256 checksums. An archive placed in ``<dest>/`` by hand is used as is.
 from __future__ import annotations
 
 import http.client
+import math
 import os
 import re
 import shutil
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from zsl_gen.data._io import atomic_write, sha256_file
-from zsl_gen.errors import DownloadError
+from zsl_gen.errors import ConfigError, DownloadError
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,11 @@ def download_dataset(
         Files already there are only verified, not downloaded again.
     """
     src = dataset_source(name)
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"timeout={timeout!r}: the socket timeout must be a number of seconds > 0, e.g. 30")
+    if url is not None and urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https", "ftp", "file"):
+        raise ConfigError(f"url={url!r} is not a URL urllib can fetch; give a full http(s):// address of the "
+                          f"archive or of a directory holding {src.archive}")
     dest_dir = Path(dest_dir)
     target = dest_dir / src.target
     if all((target / f).is_file() for f in src.files):

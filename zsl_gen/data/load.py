@@ -13,9 +13,14 @@ from zsl_gen.errors import DataError
 
 def detect_format(data_dir: str | Path, *, features_file: str = "res101.mat",
                   semantics_file: str = "att_splits.mat") -> str | None:
-    """``"byo"`` when ``features.npy`` is present, ``"xlsa17"`` when either ``.mat`` file is, else None."""
+    """``"byo"`` when ``features.npy`` is present, ``"xlsa17"`` when either ``.mat`` file is, else None; a
+    directory holding the features of both formats is a ``DataError`` (which one a run reads would be a guess)."""
     root = Path(data_dir)
     if (root / "features.npy").is_file():
+        if (root / features_file).is_file():
+            raise DataError(f"{root} holds the features of both dataset formats, features.npy (bring-your-own) and "
+                            f"{features_file} (xlsa17), so which one a run reads would be a guess: move one set of "
+                            "files into a directory of its own")
         return "byo"
     if (root / features_file).is_file() or (root / semantics_file).is_file():
         return "xlsa17"
@@ -41,16 +46,13 @@ def load_raw(
         seed: seed of the BYO test_seen hold-out (class-name ``splits.json`` only).
 
     Returns:
-        A validated ``RawDataset``. For a BYO directory an explicit ``semantic_space`` overrides the
-        one in ``splits.json``.
+        A validated ``RawDataset``. An explicit ``semantic_space`` that the dataset's own record (the
+        ``semantic_space`` key of ``splits.json`` or of the ``.mat`` file) contradicts is a ``DataError``.
     """
     root = Path(data_dir)
     fmt = detect_format(root, features_file=features_file, semantics_file=semantics_file)
     if fmt == "byo":
-        raw = load_byo(root, name=name, seed=seed)
-        if semantic_space is not None:
-            raw.semantic_space = semantic_space
-        return raw
+        return load_byo(root, name=name, seed=seed, semantic_space=semantic_space)
     if fmt == "xlsa17":
         return load_xlsa17(root, name=name, features_file=features_file, semantics_file=semantics_file,
                            semantic_key=semantic_key, semantic_space=semantic_space)

@@ -8,6 +8,7 @@ bring-your-own ``.npy``/``.json`` formats alike.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS, RawDataset
 from zsl_gen.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 MAX_LISTED = 5
 
 
@@ -114,6 +116,15 @@ def _values(values: Iterable[int], base: int) -> str:
     return ", ".join(shown) + more
 
 
+def check_unique_names(names: Sequence[str], where: str) -> None:
+    """Class names must be unique: a name listed twice would make class-name lookups pick one silently."""
+    once: set[str] = set()
+    repeated = sorted({name for name in names if name in once or once.add(name)})
+    if repeated:
+        listed = ", ".join(map(repr, repeated[:MAX_LISTED])) + (" and more" if len(repeated) > MAX_LISTED else "")
+        raise DataError(f"{where} lists class names more than once ({listed}); class names must be unique")
+
+
 def require_file(path: Path, what: str, fix: str) -> None:
     """Raise a ``DataError`` unless ``path`` is an existing file."""
     if not path.is_file():
@@ -162,6 +173,10 @@ def validate_raw(raw: RawDataset, origin: Origin) -> RawDataset:
         )
     if n == 0:
         raise DataError(f"{origin.features} holds no samples; it must have one feature vector per image")
+    if feats.shape[1] == 0:
+        raise DataError(f"{origin.features} has 0 feature dimensions (shape {feats.shape}); it must hold one "
+                        "feature vector per image")
+    check_unique_names(raw.class_names, origin.class_names)
     if labels.min() < 0:
         bad = np.unique(labels[labels < 0])
         raise DataError(
@@ -176,7 +191,7 @@ def validate_raw(raw: RawDataset, origin: Origin) -> RawDataset:
             f"has only {c} classes (shape {_sem_shape_text(sem, origin)}); the label range and the semantic "
             f"matrix disagree (offending ids: {_values(bad, b)}): give the semantic matrix one "
             f"{'column' if origin.fmt == 'xlsa17' else 'row'} per class, or use the labels of the same "
-            "release"
+            "release" + ("; if your labels count classes from 1, subtract 1" if b == 0 and labels.min() >= 1 else "")
         )
     for name in REQUIRED_LOCS + OPTIONAL_LOCS:
         if name not in raw.locs:
@@ -217,6 +232,12 @@ def validate_raw(raw: RawDataset, origin: Origin) -> RawDataset:
         )
     seen = np.unique(labels[raw.locs["trainval"]])
     unseen = np.unique(labels[raw.locs["test_unseen"]])
+    unused = np.flatnonzero(np.bincount(labels, minlength=c) == 0)
+    if unused.size:  # not wrong in itself (a class kept for later synthesis), but labels off by one look so
+        log.warning("%s: %d of %d classes have no sample in %s (%s): they are neither seen nor unseen%s",
+                    origin.class_names, unused.size, c, origin.labels, _names(raw.class_names, unused),
+                    f"; the labels start at {b + 1}: if they count classes from {b + 1}, subtract 1"
+                    if unused[0] == 0 and labels.min() >= 1 else "")
     both = np.intersect1d(seen, unseen)
     if both.size:
         raise DataError(
@@ -262,6 +283,18 @@ def _check_sample_overlaps(raw: RawDataset, origin: Origin) -> None:
 def _sem_shape_text(sem: np.ndarray, origin: Origin) -> str:
     a, c = sem.shape[1], sem.shape[0]
     return f"A×C = {a}×{c}" if origin.fmt == "xlsa17" else f"C×A = {c}×{a}"
+
+
+def check_semantic_space(configured: str | None, stored: str | None, where: str) -> None:
+    """A semantic space given by the config (``dataset.semantic_space``) must agree with the one the dataset's
+    file records: results labelled ``att`` for sentence embeddings would be silently wrong."""
+    if configured is not None and (not isinstance(configured, str) or not configured):
+        raise ConfigError(f"dataset.semantic_space={configured!r} is not valid; use a non-empty name such as "
+                          "'att' or 'sent' (or null: the dataset file's own)")
+    if configured is not None and stored is not None and configured != stored:
+        raise DataError(f"{where} says the semantics are '{stored}', but dataset.semantic_space={configured}: "
+                        f"results would be labelled with the wrong space; set dataset.semantic_space={stored} (or "
+                        "null to take the file's), or use the dataset config of that semantic space")
 
 
 def check_choice(field_name: str, value, choices: Sequence) -> None:

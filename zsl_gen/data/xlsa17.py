@@ -26,7 +26,7 @@ import scipy.sparse
 
 from zsl_gen.data._io import atomic_write, sha256_file
 from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS, RawDataset
-from zsl_gen.data.validate import Origin, require_file, require_keys, validate_raw
+from zsl_gen.data.validate import Origin, check_semantic_space, require_file, require_keys, validate_raw
 from zsl_gen.errors import DataError
 
 FEATURE_KEYS = ("features", "labels")
@@ -271,9 +271,10 @@ def load_xlsa17(
         names = default_class_names(semantics.shape[0])
     locs = {n: index_vector(smat.get(f"{n}_loc"), origin.loc(n)) - 1
             for n in REQUIRED_LOCS + OPTIONAL_LOCS if f"{n}_loc" in smat}
+    stored = (string_list(smat.get("semantic_space")) or [None])[0] or None if "semantic_space" in smat else None
+    check_semantic_space(semantic_space, stored, f"key 'semantic_space' of {spath}")
     if semantic_space is None:
-        if "semantic_space" in smat:
-            semantic_space = string_list(smat.get("semantic_space"))[0] or None
+        semantic_space = stored
         if semantic_space is None:
             semantic_space = "sent" if ("sent" in semantics_file.lower() or "sent" in semantic_key.lower()) \
                 else "att"
