@@ -221,5 +221,28 @@ def test_failed_jobs_of_a_sweep_are_named_beside_the_table(tmp_path, capsys):
     main([str(tmp_path / "sweep")])
     captured = capsys.readouterr()
     assert "| CUB | cvae | att | val | 1 |" in captured.out
-    assert "1 job(s) failed and are not in the table" in captured.err
+    assert "1 job(s) failed or did not finish and are not in the table" in captured.err
     assert f"{tmp_path / 'sweep' / '1'}: ValueError: boom" in captured.err
+
+
+def test_unfinished_jobs_are_named_and_a_sweep_without_results_lists_its_jobs(tmp_path, capsys):
+    """A job killed without a word (out of memory, a time limit) leaves its .hydra/ but neither results.json
+    nor error.txt: the mean over the other seeds must not pass unnoticed."""
+    write_result(tmp_path / "sweep" / "0", seed=0)
+    (tmp_path / "sweep" / "0" / ".hydra").mkdir()
+    (tmp_path / "sweep" / "1" / ".hydra").mkdir(parents=True)
+    main([str(tmp_path / "sweep")])
+    captured = capsys.readouterr()
+    assert "| CUB | cvae | att | val | 1 |" in captured.out
+    assert "1 job(s) failed or did not finish" in captured.err
+    assert f"{tmp_path / 'sweep' / '1'}: no results.json and no error.txt: still running" in captured.err
+    # no job finished: the jobs are listed, then one error line
+    (tmp_path / "dead" / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "dead" / "1").mkdir(parents=True)
+    (tmp_path / "dead" / "1" / "error.txt").write_text("error: boom\n")
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "dead")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "2 job(s) failed or did not finish" in err
+    assert f"{tmp_path / 'dead' / '1'}: error: boom" in err and f"{tmp_path / 'dead' / '0'}: no results.json" in err
+    assert err.strip().splitlines()[-1].startswith("error: no results.json under") and "none of its 2 job(s)" in err

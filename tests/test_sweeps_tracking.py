@@ -158,6 +158,15 @@ def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):
     assert not (multi / "0" / "error.txt").exists() and results_of(multi / "0")["protocol"]["eval_every"] == 2
     assert "failed" not in proc.stderr
 
+    # rerun again, job 1 now failing: its earlier run's results go, so zsl-report cannot count them as its own
+    proc = zsl_multirun(tmp_path, "eval_every=2,0", *TINY, "selections=[paper]")
+    assert proc.returncode == 1 and (multi / "1" / "error.txt").is_file()
+    assert not any((multi / "1" / name).exists() for name in ("results.json", "curves.json", "splits", "checkpoints"))
+    from zsl_gen.cli.report import main as report_main
+
+    report = run_app(report_main, ["zsl-report", str(multi)], tmp_path)
+    assert "(1 results.json files)" in report.stdout and f"{multi / '1'}: " in report.stderr
+
 
 def test_failed_multirun_exit_status_also_under_python_m(tmp_path, no_wandb):
     # under `python -m` the module Hydra imports the callback from is not `__main__`
@@ -229,6 +238,10 @@ def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path, monkeypatch):
     from zsl_gen.cli.train import check_launcher
 
     check_launcher(["~hydra/launcher", "seed=0"])  # a deletion has no value: no launcher to check, no crash
+    # showing the launcher's composed config submits nothing: it works off the cluster too
+    proc = zsl_train(tmp_path, "hydra/launcher=slurm_gpu", "trainer=gpu", "--cfg", "hydra", "-p", "hydra.launcher")
+    assert proc.returncode == 0, proc.stderr
+    assert "SlurmLauncher" in proc.stdout and "gpus_per_node: 1" in proc.stdout
 
 
 # ---- loggers ----------------------------------------------------------------------------------------------------
@@ -423,3 +436,29 @@ def test_debug_fdr_runs_end_to_end(tmp_path, no_wandb):
     curves = json.loads((run / "curves.json").read_text())
     assert curves["test"]["epochs"] == [1] and curves["test"]["rows"] == ["classifier epoch 1"]
     assert (run / "generator" / "generator.yaml").is_file()
+
+
+def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(tmp_path, no_wandb):
+    """The Optuna sweeper cannot take a NaN: a failed trial must be marked failed, not end the search."""
+    proc = zsl_train(tmp_path, "hparams_search=cvae", "hydra.sweeper.n_trials=4", "dataset.max_generator_epochs=1",
+                     f"hydra.sweep.dir={tmp_path / 'multi'}", "eval_every=choice(0,1)", "generator.syn_num=20",
+                     "generator.system.hidden_dim=64", "classifier.epochs=2", "classifier.batch_size=32")
+    multi = tmp_path / "multi"
+    failed = sorted(p.name for p in multi.iterdir() if (p / "error.txt").is_file())
+    passed = sorted(p.name for p in multi.iterdir() if (p / "results.json").is_file())
+    assert failed and passed and len(failed) + len(passed) == 4, proc.stderr[-3000:]  # (the sampler's seed fixes it)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{len(failed)} job(s) failed" in proc.stderr
+    best = yaml.safe_load((multi / "optimization_results.yaml").read_text())
+    assert best["best_params"]["eval_every"] == 1
+    assert best["best_value"] == pytest.approx(max(results_of(multi / j)["results"]["val_split"]["gzsl"]["H"]
+                                                   for j in passed))
+
+
+def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path, no_wandb):
+    proc = zsl_train(tmp_path, "hparams_search=cvae", "hydra.sweeper.n_trials=2", "eval_every=0",
+                     f"hydra.sweep.dir={tmp_path / 'multi'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: every trial of the search failed, so there are no best parameters: the failures are above and in " \
+           f"{tmp_path / 'multi'}/<trial>/error.txt" in proc.stderr
+    assert (tmp_path / "multi" / "0" / "error.txt").is_file() and (tmp_path / "multi" / "1" / "error.txt").is_file()

@@ -63,7 +63,8 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
             found.append(path)
         elif path.is_dir():
             under = sorted(path.rglob("results.json"))
-            if not under and not any(path.rglob("error.txt")):  # a sweep of failed jobs is listed, not refused
+            # a sweep of failed or unfinished jobs is listed (failed_jobs), not refused here
+            if not under and not any(path.rglob("error.txt")) and not any(path.rglob(".hydra")):
                 raise DataError(f"{path}: no results.json under it (and no failed job's error.txt): give the run or "
                                 "multirun directories that zsl-train wrote, or leave this one out")
             found.extend(under)
@@ -102,17 +103,26 @@ def setting_of(record: dict[str, Any], path: Path) -> dict[str, str]:
     return setting
 
 
+UNFINISHED = ("no results.json and no error.txt: still running, or stopped without a word (killed: out of memory, "
+              "a time limit, a lost node)")
+
+
 def failed_jobs(paths: Iterable[Path]) -> list[tuple[Path, str]]:
-    """Job directories under the given directories with an ``error.txt`` (zsl-train's record of a failed
-    multirun job) and no ``results.json``, with the error's last line."""
-    failed = []
+    """Job directories under the given directories without a ``results.json``: those with an ``error.txt``
+    (zsl-train's record of a failed multirun job), with the error's last line, and those a zsl-train or zsl-eval
+    job started (its ``.hydra/``) that left neither file (``UNFINISHED``)."""
+    failed: dict[Path, str] = {}
     for path in paths:
         if path.is_dir():
-            for error in sorted(path.rglob("error.txt")):
+            for error in path.rglob("error.txt"):
                 if not (error.parent / "results.json").exists():
                     lines = error.read_text(errors="replace").strip().splitlines() or ["(empty error.txt)"]
-                    failed.append((error.parent, lines[-1]))
-    return failed
+                    failed[error.parent] = lines[-1]
+            for hydra_dir in path.rglob(".hydra"):
+                job = hydra_dir.parent
+                if hydra_dir.is_dir() and job not in failed and not (job / "results.json").exists():
+                    failed[job] = UNFINISHED
+    return sorted(failed.items())
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -262,6 +272,12 @@ def to_csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _list_failed(failed: list[tuple[Path, str]]) -> None:
+    print(f"{len(failed)} job(s) failed or did not finish and are not in the table:", file=sys.stderr)
+    for job, last in failed:
+        print(f"  {job}: {last}", file=sys.stderr)
+
+
 @report_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="zsl-report", description=__doc__.split("\n\n")[0])
@@ -275,16 +291,21 @@ def main(argv: list[str] | None = None) -> None:
                 check_output_path(target, flag, directory=False)
         except ConfigError as err:
             parser.error(str(err))
-    files = find_results(args.paths)
+    failed = failed_jobs(args.paths)
+    try:
+        files = find_results(args.paths)
+    except DataError:
+        if failed:  # every job failed or is unfinished: list them, then the one error line
+            _list_failed(failed)
+            raise DataError(f"no results.json under {', '.join(map(str, args.paths))}: none of its {len(failed)} "
+                            "job(s) finished (listed above)") from None
+        raise
     table = aggregate([row for f in files for row in read_rows(f)])
     markdown = to_markdown(table)
     sys.stdout.write(markdown)
     print(f"({len(files)} results.json files)")
-    failed = failed_jobs(args.paths)
     if failed:  # a sweep's failed jobs are not in the table: say so, or a mean over fewer seeds passes unnoticed
-        print(f"{len(failed)} job(s) failed and are not in the table (their error.txt):", file=sys.stderr)
-        for job, last in failed:
-            print(f"  {job}: {last}", file=sys.stderr)
+        _list_failed(failed)
     from zsl_gen.results import write_text_atomic
 
     if args.md:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zsl_gen.cli.common import check_fresh_run_dir, check_overrides, override_key
 from zsl_gen.errors import ZSLGenError
@@ -27,16 +28,18 @@ def train_app(cfg: DictConfig) -> float:
     """Run one job; returns the validation H of the `val` (or `val_split`) selection: what a sweeper
     should optimise (the same number: split=val's H at its best epoch).
 
-    In a multirun a failing job writes ``error.txt`` into its own directory and returns NaN (a failed
-    trial for Optuna), so the other jobs still run; ``FailedJobsReport`` lists the failures at the end
-    and ``main`` then exits with status 1.
+    In a multirun a failing job writes ``error.txt`` into its own directory and returns NaN, so the other
+    jobs still run; ``FailedJobsReport`` lists the failures at the end and ``main`` then exits with status 1.
+    Under the Optuna sweeper it raises ``TrialFailed`` instead (Optuna records the trial as failed; its
+    sweeper cannot take a NaN, and ``max_failure_rate: 1.0`` in ``conf/hparams_search`` lets the search go on).
     """
     from zsl_gen.pipeline import run  # imported here so `--help` stays fast
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    optuna = "optuna" in str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="")).lower()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        (output_dir / "error.txt").unlink(missing_ok=True)  # a rerun into the same sweep dir
+        clear_earlier_job(output_dir, cfg)
     try:
         results = run(cfg, output_dir)
     except Exception as err:
@@ -50,13 +53,52 @@ def train_app(cfg: DictConfig) -> float:
             raise
         detail = str(err) if isinstance(err, ZSLGenError) else traceback.format_exc()
         (output_dir / "error.txt").write_text(detail + "\n")
-        print(f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: "
-              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {first_line}",
+              file=sys.stderr)
+        if optuna:
+            raise TrialFailed(f"job {hydra_cfg.job.num}: {first_line} (see {output_dir / 'error.txt'})") from None
         return float("nan")
     chosen = results["results"]
     if "val" in chosen:
         return float(chosen["val"]["val_scores"]["H"])
-    return float(chosen["val_split"]["gzsl"]["H"]) if "val_split" in chosen else float("nan")
+    if "val_split" in chosen:
+        return float(chosen["val_split"]["gzsl"]["H"])
+    if optuna:
+        raise TrialFailed(f"job {hydra_cfg.job.num}: selections={list(cfg.selections)} give no validation H to "
+                          "optimise; a search needs selections=[val_split] (as conf/hparams_search sets)")
+    return float("nan")
+
+
+class TrialFailed(ZSLGenError):
+    """An Optuna trial's job failed (its ``error.txt`` says why): Optuna marks the trial failed."""
+
+
+# a multirun job's outputs: a rerun into the same sweep directory replaces them, so that an earlier run's
+# results.json never sits beside this run's config (or error.txt) for zsl-report to count
+JOB_OUTPUTS = ("error.txt", "results.json", "curves.json", "preprocessing.json", "splits", "checkpoints", "generator",
+               "csv", "tensorboard")
+
+
+def clear_earlier_job(output_dir: Path, cfg: DictConfig) -> None:
+    """Remove what an earlier job left in this multirun job's directory (Hydra has already replaced its
+    ``.hydra/`` config), except when this job resumes from a checkpoint inside it."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and output_dir.resolve() in Path(str(ckpt)).expanduser().resolve().parents:
+        (output_dir / "error.txt").unlink(missing_ok=True)
+        return
+    removed = []
+    for name in JOB_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if set(removed) - {"error.txt"}:
+        log.warning("%s held an earlier job's outputs (%s): this job replaces them", output_dir, ", ".join(removed))
 
 
 def _overridden(key: str, overrides) -> bool:
@@ -113,6 +155,9 @@ class FailedJobsReport(Callback):
 def check_launcher(argv: list[str]) -> None:
     """A SLURM launcher needs SLURM's ``sbatch`` here: without it, say so in one line before Hydra starts (the
     launcher would fail with a long traceback from inside submitit)."""
+    if any(a in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help") or a.startswith(("--cfg=", "--info="))
+           for a in argv):
+        return  # only shows the composed config or help: no job is submitted
     launcher = next((a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra/launcher"), "")
     if "slurm" in launcher and shutil.which("sbatch") is None:
         print(f"error: hydra/launcher={launcher} submits SLURM jobs, but this machine has no `sbatch` (it is not a "
@@ -121,8 +166,43 @@ def check_launcher(argv: list[str]) -> None:
         sys.exit(2)
 
 
+class NoTrialFinished(CompactHydraException):
+    """Every trial of an Optuna search failed: Hydra prints this message alone (no traceback)."""
+
+
+def one_line_when_no_trial_finishes(argv: list[str]) -> None:
+    """When every trial fails, the Optuna sweeper asks for the best of no trials and dies with a traceback
+    (optuna's "No trials are completed yet."): its ``sweep`` is wrapped to say it in one line instead. Only
+    for a search (``hparams_search=`` or the optuna sweeper on the command line): importing optuna costs
+    about a second."""
+    if not any(override_key(a) in ("hparams_search", "hydra/sweeper") and "null" not in a for a in argv if "=" in a):
+        return
+    try:
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+    except ImportError:  # not installed: Hydra says so when it needs it
+        return
+    if getattr(OptunaSweeperImpl.sweep, "zsl_gen_wrapped", False):
+        return
+    sweep = OptunaSweeperImpl.sweep
+
+    def sweep_reporting_no_trial(self, arguments):
+        try:
+            return sweep(self, arguments)
+        except ValueError as err:
+            if "No trials are completed" not in str(err):
+                raise
+            sweep_dir = OmegaConf.select(self.config, "hydra.sweep.dir") if self.config is not None else None
+            raise NoTrialFinished(f"error: every trial of the search failed, so there are no best parameters: the "
+                                  f"failures are above and in {sweep_dir or 'the sweep directory'}/<trial>/error.txt; "
+                                  "fix what failed and run the search again") from None
+
+    sweep_reporting_no_trial.zsl_gen_wrapped = True
+    OptunaSweeperImpl.sweep = sweep_reporting_no_trial
+
+
 def main() -> None:
     check_launcher(sys.argv[1:])
+    one_line_when_no_trial_finishes(sys.argv[1:])
     check_overrides(sys.argv[1:], "train")
     check_fresh_run_dir(sys.argv[1:])
     sys.argv = [sys.argv[0], *lift_default_epoch_cap(sys.argv[1:])]
