@@ -34,6 +34,7 @@ def stand_ins(tmp_path_factory) -> dict[str, Path]:
     for name, (dim, semantics_file) in DATASETS.items():
         raw = make_synthetic(n_classes=10, n_unseen=3, n_val_classes=2, semantic_dim=dim, feature_dim=24,
                              samples_per_class=6, seed=1, name=name.upper())
+        raw.semantic_space = "sent" if dim == 1024 else "att"  # as the file a dataset config reads records it
         out = save_xlsa17(raw, root / name)
         if semantics_file != "att_splits.mat":
             shutil.move(out / "att_splits.mat", out / semantics_file)

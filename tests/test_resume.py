@@ -134,6 +134,12 @@ def test_a_finished_run_extends_to_a_longer_schedule_with_the_uninterrupted_numb
     assert again.returncode == 0, again.stderr[-2000:]
     assert "split=test: finished in" in (tmp_path / "again" / "run" / "train.log").read_text()
     assert not (tmp_path / "again" / "run" / "checkpoints").exists()
+    # a shorter schedule cannot be read back: its curves, selections and export would hold epochs past it
+    shorter = zsl_train(tmp_path / "shorter", *args, "generator.epochs=1", f"ckpt_path={last}")
+    lines = [line for line in shorter.stderr.splitlines() if line.strip()]
+    assert shorter.returncode == 2 and len(lines) == 1, shorter.stderr[-2000:]
+    assert (f"cannot resume with generator.epochs=1: split=test of {tmp_path / 'short' / 'run'} finished epoch 2; "
+            "a resumed run cannot shorten the schedule: resume with generator.epochs=2") in lines[0]
 
 
 def test_a_schedule_off_the_eval_grid_checkpoints_its_last_epoch_and_extends_as_one_run(tmp_path, monkeypatch):
@@ -333,6 +339,32 @@ def test_resuming_with_other_settings_never_relabels_the_old_numbers(tmp_path, m
     assert again.returncode == 0, again.stderr[-2000:]
     assert read(tmp_path / "again" / "run" / "results.json")["results"] == \
         read(tmp_path / "first" / "run" / "results.json")["results"]
+
+
+def test_a_resume_reads_the_settings_from_its_checkpoint_and_names_a_damaged_split_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    last = finished_run(tmp_path, 2)
+    run = tmp_path / "short" / "run"
+    # other selections need splits the old run never trained: named as such, not as an unfinished split
+    proc = zsl_train(tmp_path / "sel", *PAPER_ONLY, "selections=[paper,val]", "generator.epochs=2", f"ckpt_path={last}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"selections=[paper,val] differ from {run}'s selections=[paper]" in lines[0]
+    assert "resume with selections=[paper]" in lines[0]
+    # without the run's .hydra/ (hydra.output_subdir=null, or removed) the checkpoint's copy of the settings decides
+    shutil.rmtree(run / ".hydra")
+    proc = zsl_train(tmp_path / "seed", *PAPER_ONLY, "generator.epochs=3", "seed=7", f"ckpt_path={last}")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "seed: 0 -> 7" in lines[0] and "its settings: the settings stored in its checkpoint" in lines[0]
+    # a damaged completion record of the split read back: one line naming it
+    record = run / "splits" / "test.json"
+    for damage in (record.read_text()[:40], "{}"):
+        record.write_text(damage)
+        proc = zsl_train(tmp_path / "damaged", *PAPER_ONLY, "generator.epochs=2", f"ckpt_path={last}")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert f"error: {record}: damaged split record" in lines[0] and "restore it, or start a new run" in lines[0]
 
 
 def test_a_changed_amsgrad_cannot_continue_the_optimiser_state(tmp_path, monkeypatch):

@@ -156,6 +156,20 @@ class EvaluatedEpochCheckpoint(ModelCheckpoint):
                                           "train_time_interval": None})
 
 
+class RunConfigInCheckpoint(pl.Callback):
+    """Writes the run's config (unresolved, as ``.hydra/config.yaml`` holds it) into every checkpoint under
+    ``CONFIG_KEY``: a resume compares its settings with these when the run directory's ``.hydra/`` is gone
+    (``hydra.output_subdir=null``, or a checkpoint copied alone)."""
+
+    CONFIG_KEY = "zsl_gen_config"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[self.CONFIG_KEY] = self.config
+
+
 class DivergenceGuard(pl.Callback):
     """Stops generator training with one clear ``TrainingDiverged`` error when it produces non-finite values,
     and warns when a non-negative training loss explodes while staying finite.

@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, StreamingCheckpointIO,
+from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, RunConfigInCheckpoint,
+                             StreamingCheckpointIO,
                               progress_callbacks)
 from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
@@ -217,7 +218,8 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer = instantiate(cfg.trainer, max_epochs=generator_epochs(cfg),
-                              callbacks=[guard, evaluation, *checkpoints, *progress_callbacks()],
+                              callbacks=[guard, evaluation, *checkpoints, *progress_callbacks(),
+                                         RunConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=False))],
                               enable_progress_bar=sys.stdout.isatty(), logger=loggers or False,
                               default_root_dir=str(output_dir), plugins=[StreamingCheckpointIO()])
         trainer.fit(system, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -350,17 +352,34 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
     plan = ResumePlan(run_dir=run_dir, split=split, ckpt_path=ckpt, data_sha256=state.get("data_sha256"),
                       dims=(int(hp["feature_dim"]), int(hp["semantic_dim"])) if {"feature_dim", "semantic_dim"} <= set(hp)
                       else None)
+    old_config, old_source = old_run_config(run_dir, state)
+    if old_config is not None and "selections" in (changed := changed_settings(old_config, cfg)):
+        # (before the splits are read: another selection set needs other splits, which the old run never ran)
+        before, now = changed["selections"]
+        raise ConfigError(f"ckpt_path={ckpt}: selections={_override_value(now)} differ from {run_dir}'s "
+                          f"selections={_override_value(before)} ({old_source}): resume with "
+                          f"selections={_override_value(before)}, or start a new run without ckpt_path")
     epochs = generator_epochs(cfg)
     for earlier in splits[:splits.index(split) + 1]:
         record = run_dir / "splits" / f"{earlier}.json"
-        completed = json.loads(record.read_text()) if record.is_file() else None
+        completed = read_split_record(record) if record.is_file() else None
         if completed is None:
             if earlier != split:
                 raise ConfigError(f"cannot resume: split={earlier} of {run_dir} did not finish ({record} missing); "
                                   f"resume from {run_dir / 'checkpoints' / earlier / 'last.ckpt'} instead")
+            if int(state.get("epoch", -1)) + 1 > epochs:
+                raise ConfigError(f"cannot resume split={split} of {run_dir} with generator.epochs={epochs}: its "
+                                  f"checkpoint {ckpt} is at epoch {int(state['epoch']) + 1}; a resumed run cannot "
+                                  "shorten the schedule: resume with its generator.epochs, or start a new run")
             continue
         stopped = completed.get("stopped")
         trained_to = int(completed["epochs"][-1]) if completed.get("epochs") else epochs
+        if trained_to > epochs:
+            # its curves, the selections and the export would hold epochs past the schedule results.json states
+            raise ConfigError(f"cannot resume with generator.epochs={epochs}: split={earlier} of {run_dir} "
+                              f"{'stopped at' if stopped else 'finished'} epoch {trained_to}; a resumed run cannot "
+                              f"shorten the schedule: resume with generator.epochs={trained_to} (or more), or start "
+                              "a new run without ckpt_path")
         shorter = not stopped and trained_to < epochs  # finished, on a schedule shorter than the configured one
         if earlier == split and stopped:
             # a split that stopped at its divergence continues from its checkpoint (with, say, a lower lr)
@@ -375,14 +394,50 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
                               f"{run_dir} finished {trained_to} epochs; extend it first, from "
                               f"{run_dir / 'checkpoints' / earlier / 'last.ckpt'}")
         else:
-            plan.finished[earlier] = CurveStack.from_dict(completed)
+            plan.finished[earlier] = split_curves(completed, record)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
             if stopped:
                 plan.finished_stopped[earlier] = stopped
-    _check_resumed_settings(cfg, plan)
+    _check_resumed_settings(cfg, plan, old_config, old_source)
     if plan.dims is not None:
         check_checkpoint_fits(cfg, state, ckpt, plan.dims)
     return plan
+
+
+def read_split_record(path: Path) -> dict[str, Any]:
+    """A finished split's record (``splits/<split>.json``), or one error naming the damaged file."""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("epochs"), list):
+            raise ValueError("no list of epochs")
+        return record
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{path}: damaged split record ({type(err).__name__}: {str(err)[:120]}); it is what a "
+                              "resume reads that split's results from: restore it, or start a new run") from None
+
+
+def split_curves(record: dict[str, Any], path: Path) -> CurveStack:
+    try:
+        return CurveStack.from_dict(record)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: damaged split record ({type(err).__name__}: {str(err)[:120]}); it is what a "
+                              "resume reads that split's results from: restore it, or start a new run") from None
+
+
+def old_run_config(run_dir: Path, state: dict) -> tuple[DictConfig | None, str]:
+    """The settings of the run a checkpoint belongs to: its ``.hydra/config.yaml``, else the copy in the checkpoint
+    (``RunConfigInCheckpoint``), else None (a checkpoint of an earlier version in a directory without ``.hydra/``)."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.is_file():
+        try:
+            return OmegaConf.load(path), str(path)
+        except Exception as err:  # omegaconf/yaml raise several types for a damaged file
+            raise ConfigError(f"{path}: unreadable ({type(err).__name__}); the old run's settings cannot be "
+                              "compared with this run's: restore the file or start a new run") from None
+    stored = state.get(RunConfigInCheckpoint.CONFIG_KEY)
+    if isinstance(stored, dict):
+        return OmegaConf.create(stored), "the settings stored in its checkpoint"
+    return None, ""
 
 
 def check_checksums(ckpt: Path) -> None:
@@ -436,8 +491,8 @@ def _override_value(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
-    """Compare the old run's settings (its ``.hydra/config.yaml``) with this run's.
+def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan, old: DictConfig | None, old_source: str) -> None:
+    """Compare the old run's settings (``old``: its ``.hydra/config.yaml`` or its checkpoint's copy) with this run's.
 
     Where the checkpoint's split trains on (an interrupted, stopped or extended split), the settings in
     ``CONTINUE_MAY_CHANGE`` are a deliberate choice (a lower lr after a divergence, fp32 for the last epochs of
@@ -447,16 +502,15 @@ def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
     numbers, and another generator cannot load the checkpoint at all: both are refused.
     """
     assert plan.run_dir is not None and plan.split is not None
-    old_path = plan.run_dir / ".hydra" / "config.yaml"
-    if not old_path.is_file():
-        log.warning("%s has no .hydra/config.yaml: this run's settings cannot be compared with the old run's; "
-                    "resume with the same overrides", plan.run_dir)
+    overrides = plan.run_dir / ".hydra" / "overrides.yaml"
+    overrides = str(overrides) if overrides.is_file() else f"its command line; its settings: {old_source}"
+    if old is None:
+        message = (f"{plan.run_dir} has no .hydra/config.yaml and {plan.ckpt_path} (of an earlier version) holds no "
+                   "copy of its settings: this run's settings could not be compared with the old run's, so it may mix "
+                   "two settings")
+        log.warning(message)
+        plan.warnings.append(message)
         return
-    try:
-        old = OmegaConf.load(old_path)
-    except Exception as err:  # omegaconf/yaml raise several types for a damaged file
-        raise ConfigError(f"{old_path}: unreadable ({type(err).__name__}); the old run's settings cannot be "
-                          "compared with this run's: restore the file or start a new run") from None
     changed = changed_settings(old, cfg)
     if not changed:
         return
@@ -468,7 +522,7 @@ def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
                "every split is read back from it, nothing trains, so its numbers would only be relabelled")
         raise ConfigError(
             f"ckpt_path={plan.ckpt_path}: this run's settings differ from those of {plan.run_dir} ({shown}), and "
-            f"{why}. Resume with the old run's overrides ({old_path.parent / 'overrides.yaml'}) — a larger "
+            f"{why}. Resume with the old run's overrides ({overrides}) — a larger "
             "generator.epochs extends it — or start a new run without ckpt_path")
     fixed = [k for k in changed if not k.startswith(CONTINUE_MAY_CHANGE)]
     if fixed:
@@ -479,7 +533,7 @@ def _check_resumed_settings(cfg: DictConfig, plan: ResumePlan) -> None:
             f"ckpt_path={plan.ckpt_path}: {listed} differ from {plan.run_dir}'s settings; a split continues only on "
             "its run's data, seed, evaluation and classifier settings (when training continues, only "
             "generator.system.* such as a lower lr, the precision and paper_selection may change). Resume with "
-            f"the old run's overrides ({old_path.parent / 'overrides.yaml'}) and {restore}, or start a new run "
+            f"the old run's overrides ({overrides}) and {restore}, or start a new run "
             "without ckpt_path")
     message = (f"split={plan.split} continues from {plan.ckpt_path} with other settings than its run ({shown}): "
                "its earlier epochs, and any split read back, ran with the old ones")
