@@ -243,7 +243,13 @@ def test_a_run_that_diverges_stops_and_reports_the_epochs_before_it(tmp_path, mo
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Traceback" not in resumed.stderr
     again = json.loads((tmp_path / "resumed" / "run" / "results.json").read_text())
-    assert again["stopped_early"] == stopped and again["results"] == results["results"]
+    without_message = lambda record: {s: {k: v for k, v in r.items() if k != "message"} for s, r in record.items()}  # noqa: E731
+    assert without_message(again["stopped_early"]) == without_message(stopped)
+    assert again["results"] == results["results"] and again["stopped_early"]["val"] == stopped["val"]
+    # (this run has no last.ckpt of its own: the message names the checkpoint it resumed from)
+    assert f"the generator kept ({run / 'checkpoints' / 'test' / 'last.ckpt'}, the exported one) is epoch 1's" in \
+        again["stopped_early"]["test"]["message"]
+    assert "the generator kept (last.ckpt, the exported one)" in stopped["test"]["message"]
     assert not (tmp_path / "resumed" / "run" / "checkpoints" / "test").exists()
     assert load_generator(tmp_path / "resumed" / "run" / "generator").meta["epochs"] == 1
 

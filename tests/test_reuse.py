@@ -144,8 +144,9 @@ def test_synthesize_is_seeded_and_needs_no_trainer(trained, monkeypatch):
 def test_synthesize_refuses_non_integer_counts_and_says_when_memory_runs_out(trained, monkeypatch):
     generator = zsl_gen.load_generator(trained["export"])
     vectors = raw_test_semantics(trained["run"])[0][:2]
-    for kwargs, message in (({"n_per_class": 2.5}, "n_per_class must be an integer >= 1, got 2.5"),
-                            ({"n_per_class": 2, "seed": -1}, "seed must be an integer >= 0, got -1")):
+    for kwargs, message in (({"n_per_class": 2.5}, r"n_per_class must be an integer in \[1, 2\*\*63\), got 2.5"),
+                            ({"n_per_class": 2, "seed": -1}, r"seed must be an integer in \[0, 2\*\*63\), got -1"),
+                            ({"n_per_class": 2, "seed": 2**64}, r"seed must be an integer in \[0, 2\*\*63\)")):
         with pytest.raises(CheckpointError, match=message):
             generator.synthesize(vectors, **kwargs)
     assert generator.synthesize(vectors, np.int64(2)).shape[0] == 4  # numpy integers are integers
@@ -380,6 +381,7 @@ def test_raw_space_inverts_the_minmax_scaling(trained, new_classes, tmp_path):
     ({"generator": "NOWHERE"}, "generator.yaml: missing"),
     ({"space": "log"}, "space must be 'scaled' or 'raw'"),
     ({"colour": "red"}, "unexpected argument 'colour=red'"),
+    ({"seed": str(2**64)}, "seed must be an integer in [0, 2**63), got 18446744073709551616"),
 ])
 def test_synthesize_bad_arguments_are_one_line(trained, new_classes, tmp_path, change, message):
     np.save(tmp_path / "wrong.npy", np.ones((2, 10), np.float32))
@@ -590,17 +592,33 @@ def test_synthesize_never_deletes_what_it_did_not_write(trained, new_classes, tm
     assert synthesize(*common, f"out={tmp_path / 'empty'}")[0] == 0
 
 
+def test_synthesize_refuses_a_symlinked_output_directory(trained, new_classes, tmp_path):
+    args = (f"generator={trained['export']}", f"semantics={new_classes['csv']}", "n_per_class=2")
+    assert synthesize(*args, f"out={tmp_path / 'real'}")[0] == 0
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    code, _, stderr = synthesize(*args, f"out={tmp_path / 'link'}")
+    assert code == 2 and len(error_lines(stderr)) == 1 and "is a symbolic link" in stderr, stderr
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "synthesis.json").is_file()
+
+
 def test_synthesize_reads_a_csv_with_a_header_line(trained, new_classes, tmp_path):
     with_header = tmp_path / "header.csv"
     dim = new_classes["vectors"].shape[1]
     with_header.write_text("name," + ",".join(f"v{i}" for i in range(dim)) + "\n" + new_classes["csv"].read_text())
-    for source, out in ((new_classes["csv"], "plain"), (with_header, "header")):
+    # pandas' to_csv of a plain matrix: a header of column numbers, with or without a label for the names
+    numbered = tmp_path / "numbered.csv"
+    numbered.write_text("name," + ",".join(map(str, range(dim))) + "\n" + new_classes["csv"].read_text())
+    blank = tmp_path / "blank.csv"
+    blank.write_text("," + ",".join(map(str, range(dim))) + "\n" + new_classes["csv"].read_text())
+    for source, out in ((new_classes["csv"], "plain"), (with_header, "header"), (numbered, "numbered"),
+                        (blank, "blank")):
         code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={source}", "n_per_class=2",
                                      f"out={tmp_path / out}")
         assert code == 0, stderr
-    np.testing.assert_array_equal(np.load(tmp_path / "plain" / "features.npy"),
-                                  np.load(tmp_path / "header" / "features.npy"))
-    assert (tmp_path / "header" / "classes.txt").read_text() == (tmp_path / "plain" / "classes.txt").read_text()
+    for out in ("header", "numbered", "blank"):
+        np.testing.assert_array_equal(np.load(tmp_path / "plain" / "features.npy"),
+                                      np.load(tmp_path / out / "features.npy"))
+        assert (tmp_path / out / "classes.txt").read_text() == (tmp_path / "plain" / "classes.txt").read_text()
 
 
 @pytest.mark.parametrize("content, message", [
@@ -697,5 +715,92 @@ def test_written_files_and_directories_get_the_umasks_permissions(trained, new_c
     finally:
         os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o755
+    # safetensors writes its file 0600: the export's weights must be as readable as the yaml beside it
+    weights, meta = trained["export"] / "generator.safetensors", trained["export"] / "generator.yaml"
+    assert weights.stat().st_mode & 0o777 == meta.stat().st_mode & 0o777 != 0o600
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
     assert trained["export"].stat().st_mode & 0o777 == 0o777 & ~mask  # zsl-train's export, the session's umask
+
+
+def test_the_python_api_refuses_bad_class_vectors_and_devices_in_one_message(trained, monkeypatch):
+    from zsl_gen.errors import ConfigError, DataError
+
+    generator = zsl_gen.load_generator(trained["export"])
+    vectors = raw_test_semantics(trained["run"])[0][:2]
+    for bad, message in ((np.array([["a"] * 64]), "got an array of dtype <U1"),
+                         ([[1.0] * 64, [1.0] * 3], "class vectors for this generator"),
+                         (vectors.astype(np.complex64), "got an array of dtype complex64"),
+                         (torch.ones(2, 64, dtype=torch.complex64), "got a torch.complex64 tensor"),
+                         (vectors[:, :10], "got shape (2, 10)")):
+        for prepared in (False, True):  # prepared vectors skip the preprocessing, never the checks
+            with pytest.raises(DataError) as err:
+                generator.synthesize(bad, 2, prepared=prepared)
+            assert message in str(err.value) and "\n" not in str(err.value)
+    nan = vectors.copy()
+    nan[1, 3] = np.nan
+    with pytest.raises(DataError, match="NaN or Inf"):
+        generator.synthesize(nan, 2, prepared=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device=cuda: "):
+        zsl_gen.load_generator(trained["export"], device="cuda")
+
+
+def test_eval_refuses_unseen_classes_the_generator_was_trained_on(trained, tmp_path, monkeypatch):
+    """A split whose unseen classes include the export's seen classes would score trained classes as unseen."""
+    from dataclasses import replace
+
+    from zsl_gen.data.byo import save_byo
+    from zsl_gen.pipeline import load_dataset
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    raw = load_dataset(OmegaConf.load(trained["run"] / ".hydra" / "config.yaml").dataset)
+    seen = raw.seen_classes
+    swapped_unseen = np.flatnonzero(np.isin(raw.labels, raw.unseen_classes) | (raw.labels == seen[0]))
+    keep = np.setdiff1d(np.arange(raw.labels.size), swapped_unseen)
+    locs = {"trainval": np.intersect1d(raw.locs["trainval"], keep), "test_seen": np.intersect1d(raw.locs["test_seen"], keep),
+            "test_unseen": swapped_unseen}
+    save_byo(replace(raw, locs=locs), tmp_path / "swapped")
+    proc = zsl_eval(tmp_path, f"generator={trained['export']}", "dataset=byo", f"data_dir={tmp_path / 'swapped'}")
+    lines = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"1 of dataset custom's unseen classes ({raw.class_names[seen[0]]!r}) are classes the generator" in lines[0]
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_eval_syn_num_sets_cadavaes_latent_count_and_records_what_ran(tmp_path, monkeypatch):
+    """CADA-VAE's classifier draws n_latent_unseen latents per unseen class: syn_num is that count."""
+    from zsl_gen.cli.train import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    proc = run_app(main, ["zsl-train", f"hydra.run.dir={tmp_path / 'run'}", "generator=cadavae", "generator.epochs=1",
+                          "classifier.epochs=1", "generator.syn_num=20", "generator.system.n_latent_seen=20",
+                          "selections=[paper]", "logger=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sizes = {}
+    import zsl_gen.eval
+
+    real = zsl_gen.eval.train_and_evaluate
+    monkeypatch.setattr(zsl_gen.eval, "train_and_evaluate",
+                        lambda inputs, *a, **k: sizes.setdefault(len(sizes), len(inputs.train_y)) and real(inputs, *a, **k))
+    for run, extra in (("default", []), ("ten", ["syn_num=10"])):
+        proc = run_app(__import__("zsl_gen.cli.evaluate", fromlist=["main"]).main,
+                       ["zsl-eval", f"hydra.run.dir={tmp_path / run}", f"generator={tmp_path / 'run' / 'generator'}",
+                        *extra], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    default, ten = (json.loads((tmp_path / r / "results.json").read_text())["protocol"]["syn_num"]
+                    for r in ("default", "ten"))
+    assert (default, ten) == (20, 10)
+    assert sizes[0] - sizes[1] == 10 * 10  # 10 unseen classes, 10 latents fewer each
+
+
+def test_an_export_never_replaces_a_directory_holding_other_files(trained, tmp_path):
+    from zsl_gen.errors import ConfigError
+    from zsl_gen.export import export_generator
+
+    generator = zsl_gen.load_generator(trained["export"])
+    (tmp_path / "generator").mkdir()
+    (tmp_path / "generator" / "my_notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="holds other files than an export \\(my_notes.txt\\)"):
+        export_generator(generator.system, None, tmp_path / "generator")  # refused before the data is read
+    assert (tmp_path / "generator" / "my_notes.txt").read_text() == "keep"
+    assert [p.name for p in tmp_path.iterdir()] == ["generator"]  # no temporary directory left behind

@@ -560,8 +560,12 @@ def test_a_single_run_into_a_directory_holding_a_run_is_refused_before_hydra_sta
     lines = [line for line in again.stderr.splitlines() if line.strip()]
     assert again.returncode == 2 and len(lines) == 1, again.stderr
     assert lines[0].startswith(f"error: hydra.run.dir={tmp_path / 'run'}: already holds a run (results.json, "
-                               "checkpoints, splits, curves.json); give a new directory")
+                               "checkpoints, splits, curves.json, generator); give a new directory")
     assert (tmp_path / "run" / ".hydra" / "config.yaml").read_text() == config  # the old run's config kept
+    # a directory with a `generator/` of its own: the export would replace it
+    (tmp_path / "mine" / "generator").mkdir(parents=True)
+    mine = zsl_train(tmp_path, *TINY, "logger=none", f"hydra.run.dir={tmp_path / 'mine'}")
+    assert mine.returncode == 2 and "already holds a run (generator)" in mine.stderr, mine.stderr
     from zsl_gen.cli.common import check_fresh_run_dir
 
     with pytest.raises(SystemExit):

@@ -264,10 +264,11 @@ class DivergenceGuard(pl.Callback):
                else " or train fewer epochs (generator.epochs)."))
 
     def stopped(self, reason: str, pl_module: pl.LightningModule, epochs: int | None, evaluated: list[int],
-                exported: bool = False) -> dict[str, Any]:
+                exported: bool = False, kept: Path | str = "last.ckpt") -> dict[str, Any]:
         """The record of a run stopped at its divergence (``on_divergence=stop``) after the evaluated epochs
         ``evaluated``: where and why it stopped, which epochs its results come from, the message.
-        ``exported``: this split's generator is the one the run exports (split=test)."""
+        ``exported``: this split's generator is the one the run exports (split=test); ``kept``: the checkpoint
+        it is restored from (this run's last.ckpt, or the one a resumed run started from)."""
         epoch = pl_module.current_epoch + 1 if pl_module._trainer is not None else len(self.history)
         last = evaluated[-1]
         span = f"epoch {last}" if len(evaluated) == 1 else f"epochs {evaluated[0]}–{last}"
@@ -275,7 +276,7 @@ class DivergenceGuard(pl.Callback):
         bf16 = pl_module._trainer is not None and "bf16" in str(pl_module._trainer.precision)
         message = (f"split={self.split}: generator training diverged in epoch {epoch}{f' of {epochs}' if epochs else ''} "
                    f"({reason}) and stopped there. Its results come from the evaluated {span} (the `val` "
-                   f"selection: those both splits evaluated); the generator kept (last.ckpt"
+                   f"selection: those both splits evaluated); the generator kept ({kept}"
                    f"{', the exported one' if exported else ''}) is epoch {last}'s. The schedule was not "
                    f"completed: for a complete run lower the learning rate (generator.system.lr"
                    f"{f', now {lr:g}' if lr is not None else ''})"

@@ -41,13 +41,18 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
                           f"({type(cause).__name__}: {cause}); check the {full_key}.* values") from None
 
 
-def _number(cfg: DictConfig, key: str, *, minimum: float, integer: bool = False) -> None:
+# seeds go to numpy's and Lightning's seeding, which take 32-bit unsigned values
+MAX_SEED = 2**32 - 1
+
+
+def _number(cfg: DictConfig, key: str, *, minimum: float, integer: bool = False, maximum: float | None = None) -> None:
     value = OmegaConf.select(cfg, key)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
     ok = ok and value >= minimum and (not integer or float(value).is_integer())
-    if not ok:
+    if not ok or (maximum is not None and value > maximum):
         kind = "an integer" if integer else "a number"
-        raise ConfigError(f"config field `{key}` must be {kind} >= {minimum}, got {value!r} "
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"config field `{key}` must be {kind} {bound}, got {value!r} "
                           f"(set it on the command line, e.g. {key}={int(minimum) if integer else minimum})")
 
 
@@ -158,7 +163,7 @@ def check_known_fields(cfg: DictConfig, config_name: str = "train") -> None:
 def validate_train_config(cfg: DictConfig) -> None:
     """Fail early, naming the field, on values that would otherwise break deep inside training."""
     check_known_fields(cfg)
-    _number(cfg, "seed", minimum=0, integer=True)
+    _number(cfg, "seed", minimum=0, integer=True, maximum=MAX_SEED)
     _number(cfg, "eval_every", minimum=1, integer=True)
     if not isinstance(cfg.get("keep_freed_memory", True), bool):
         raise ConfigError(f"config field `keep_freed_memory` must be true or false, got "

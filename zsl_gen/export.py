@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,10 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from zsl_gen.data._io import temp_dir_beside
+from zsl_gen.data._io import _umask, temp_dir_beside
 from zsl_gen.data.protocol import apply_feature_scaling
 from zsl_gen.data.types import ZSLData
-from zsl_gen.errors import CheckpointError, DataError
+from zsl_gen.errors import CheckpointError, ConfigError, DataError
 from zsl_gen.systems.base import GeneratorSystem
 
 FORMAT = "zsl-gen-generator/1"
@@ -69,12 +70,23 @@ def _primitive(value: Any) -> Any:
     raise TypeError(f"not a primitive value: {type(value).__name__}")
 
 
+def _check_replaceable(out_dir: Path) -> None:
+    """An earlier export is replaced, never a directory that holds anything else (or a file)."""
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in (WEIGHTS, META)) if out_dir.is_dir() \
+        else [out_dir.name]
+    if others:
+        raise ConfigError(f"{out_dir} exists and holds other files than an export ({', '.join(others[:5])}); the "
+                          "generator was not exported there: move them away, or export elsewhere")
+
+
 def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path,
                      extra: dict[str, Any] | None = None) -> Path:
     """Write ``system`` (trained on ``data``) to ``out_dir`` atomically; returns ``out_dir``."""
     from zsl_gen.results import versions
 
     out_dir = Path(out_dir)
+    if out_dir.exists():
+        _check_replaceable(out_dir)
     cls = type(system)
     target = f"{cls.__module__}.{cls.__qualname__}"
     state = {f"state.{k}": v.detach().cpu().contiguous() for k, v in system.state_dict().items()}
@@ -103,7 +115,9 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
         save_file(state, str(tmp / WEIGHTS), metadata={"meta_sha256": meta_digest(meta)})
         meta["weights_sha256"] = sha256_bytes((tmp / WEIGHTS).read_bytes())
         (tmp / META).write_text(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=120))
+        os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600: readable as the yaml beside it is
         if out_dir.exists():
+            _check_replaceable(out_dir)  # (again: the directory may have changed while the weights were written)
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     except BaseException:
@@ -131,16 +145,31 @@ class Generator:
     def class_names(self) -> list[str]:
         return [c["name"] for c in self.meta["classes"]]
 
-    def prepare_semantics(self, semantics: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Raw class vectors ``(K, A)`` → the preprocessing the generator was trained with."""
-        s = torch.as_tensor(np.asarray(semantics, dtype=np.float32) if not isinstance(semantics, torch.Tensor)
-                            else semantics, dtype=torch.float32)
+    def class_vectors(self, semantics: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(K, A)`` real, finite class vectors of this generator's semantic dimension, as a float32 tensor."""
+        what = (f"semantics must be real (K, {self.meta['semantic_dim']}) class vectors for this generator (trained on "
+                f"{self.meta['dataset']}, {self.meta['semantic_space']})")
+        if isinstance(semantics, torch.Tensor):
+            if semantics.is_complex() or semantics.dtype == torch.bool:
+                raise DataError(f"{what}, got a {semantics.dtype} tensor")
+            s = semantics.detach().float()
+        else:
+            try:
+                array = np.asarray(semantics)
+            except ValueError as err:  # ragged rows
+                raise DataError(f"{what}: {err}") from None
+            if array.dtype.kind not in "iuf":
+                raise DataError(f"{what}, got an array of dtype {array.dtype}")
+            s = torch.as_tensor(array.astype(np.float32, copy=False))
         if s.ndim != 2 or s.shape[1] != self.meta["semantic_dim"]:
-            raise DataError(f"semantics must have shape (K, {self.meta['semantic_dim']}) for this generator "
-                                  f"(trained on {self.meta['dataset']}, {self.meta['semantic_space']}), "
-                                  f"got {tuple(s.shape)}")
+            raise DataError(f"{what}, got shape {tuple(s.shape)}")
         if not torch.isfinite(s).all():
             raise DataError("semantics contain NaN or Inf: fix the class vectors")
+        return s
+
+    def prepare_semantics(self, semantics: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Raw class vectors ``(K, A)`` → the preprocessing the generator was trained with."""
+        s = self.class_vectors(semantics)
         if self.meta["preprocessing"].get("semantics", {}).get("l2"):
             s = s / s.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return s
@@ -153,7 +182,9 @@ class Generator:
         Args:
             semantics: ``(K, A)`` class vectors, raw (as in the dataset file) unless ``prepared``.
             n_per_class: samples per class.
-            seed: noise seed (same seed → same features).
+            seed: noise seed: the same vectors (in the same order), count and seed give the same features. The
+                noise is drawn for all ``K * n_per_class`` rows at once, so a class's features also depend on the
+                other classes of the call.
             space: ``"scaled"`` — the feature space the generator and the final classifier work in (MinMax
                 scaled with the training statistics); ``"raw"`` — mapped back to the original feature scale.
 
@@ -163,9 +194,9 @@ class Generator:
         if space not in ("scaled", "raw"):
             raise CheckpointError(f"space must be 'scaled' or 'raw', got {space!r}")
         for name, value, minimum in (("n_per_class", n_per_class, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise CheckpointError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        s = semantics if prepared else self.prepare_semantics(semantics)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value < 2**63:
+                raise CheckpointError(f"{name} must be an integer in [{minimum}, 2**63), got {value!r}")
+        s = self.class_vectors(semantics) if prepared else self.prepare_semantics(semantics)
         device = self.system.device
         noise = torch.Generator(device=device).manual_seed(int(seed))
         try:
@@ -215,12 +246,18 @@ def _version() -> str:
 
 def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> Generator:
     """Load an exported generator directory (no Lightning checkpoint, no pickle)."""
+    from zsl_gen.config import check_torch_device
+
+    check_torch_device(str(torch.device(device)) if not isinstance(device, str) else device)
     path = Path(path)
     meta_path, weights_path = path / META, path / WEIGHTS
     for p in (meta_path, weights_path):
         if not p.is_file():
             raise CheckpointError(f"{p}: missing — pass the directory zsl-train exported (it holds {META} "
                                   f"and {WEIGHTS}, e.g. outputs/train/runs/<run>/generator)")
+        if not os.access(p, os.R_OK):
+            raise CheckpointError(f"{p}: not readable by this user (permissions {p.stat().st_mode & 0o777:o}); ask its "
+                                  f"owner to make it readable (chmod a+r {p})")
     try:
         meta = yaml.safe_load(meta_path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:

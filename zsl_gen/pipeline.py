@@ -232,7 +232,8 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
             finish_loggers(loggers)
             raise guard.explain(str(err), system, generator_epochs(cfg)) from None
         stopped = guard.stopped(str(err), system, generator_epochs(cfg), [e for e, _ in evaluation.records],
-                                exported=data.split == "test")
+                                exported=data.split == "test",
+                                kept="last.ckpt" if kept == ckpt_dir / "last.ckpt" else kept)
         log.warning(stopped["message"])
         system = load_system(cfg, data, kept)
     except BaseException:

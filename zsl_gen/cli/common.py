@@ -92,7 +92,8 @@ def check_fresh_run_dir(argv: list[str]) -> None:
     if not given:
         return  # the default run directory is new (dated)
     run_dir = Path(given[-1].strip("'\"")).expanduser()
-    found = [name for name in ("results.json", "checkpoints", "splits", "curves.json") if (run_dir / name).exists()]
+    found = [name for name in ("results.json", "checkpoints", "splits", "curves.json", "generator")
+             if (run_dir / name).exists()]
     if found:
         print(f"error: hydra.run.dir={given[-1]}: already holds a run ({', '.join(found)}); give a new directory, or "
               "remove the old run first (to continue it, start a new directory with ckpt_path=<its last.ckpt>)",

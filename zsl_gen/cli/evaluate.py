@@ -35,12 +35,16 @@ def check_eval_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "export"):
         raise ConfigError("no generator given: zsl-eval generator=<run dir>/generator (the directory zsl-train "
                           "exported)")
-    for key, minimum in (("seed", 0), ("syn_num", 1)):
+    from zsl_gen.config import MAX_SEED
+
+    for key, minimum, maximum in (("seed", 0, MAX_SEED), ("syn_num", 1, None)):
         value = cfg.get(key)
         if value is None:
             continue
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
             raise ConfigError(f"config field `{key}` must be an integer >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"config field `{key}` must be an integer in [{minimum}, {maximum}], got {value!r}")
     for key in ("classifier_from_export", "allow_slow_bf16"):
         if not isinstance(cfg.get(key), bool):
             raise ConfigError(f"config field `{key}` must be true or false, got {cfg.get(key)!r}")
@@ -84,6 +88,11 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     # the seeds the run's own evaluation of its last epoch drew with (callbacks.GZSLEvaluation)
     eval_seed = seed * 1_000_003 + int(meta.get("epochs", 0))
     syn_num = int(cfg.syn_num if cfg.syn_num is not None else meta.get("syn_num", 300))
+    hparams = generator.system.hparams
+    if "n_latent_unseen" in hparams:  # CADA-VAE's classifier takes n_latent_unseen latents per unseen class: that
+        if cfg.syn_num is not None:  # count is what syn_num sets (zsl-train ties the two by interpolation)
+            hparams.n_latent_unseen = syn_num
+        syn_num = int(hparams.n_latent_unseen)
     OmegaConf.update(cfg, "syn_num", syn_num)
     if cfg.classifier_from_export and meta.get("classifier"):
         exported = {k: v for k, v in meta["classifier"].items() if k in cfg.classifier and k not in explicit_classifier}
@@ -105,6 +114,14 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
         raise CheckpointError(
             f"{cfg.export}: generator expects {meta['feature_dim']}-d features and {meta['semantic_dim']}-d "
             f"semantics, dataset {raw.name} has {data.feature_dim} and {data.semantic_dim}")
+    trained = {c["name"] for c in meta.get("classes", []) if c.get("role") == "seen"}
+    leaked = [raw.class_names[i] for i in data.unseen_classes.tolist() if raw.class_names[i] in trained]
+    if leaked:
+        raise CheckpointError(
+            f"{len(leaked)} of dataset {raw.name}'s unseen classes ({', '.join(map(repr, leaked[:5]))}"
+            f"{', ...' if len(leaked) > 5 else ''}) are classes the generator {cfg.export} was trained on (seen "
+            "classes in its generator.yaml): scoring them as unseen would be optimistic; evaluate it on a split "
+            "whose unseen classes it never saw")
     scale = lambda x: apply_feature_scaling(x, meta["preprocessing"])  # noqa: E731
     data = replace(data, train_x=scale(data.train_x), seen_x=scale(data.seen_x), unseen_x=scale(data.unseen_x),
                    preprocessing=meta["preprocessing"])

@@ -78,6 +78,10 @@ def _is_number(text: str) -> bool:
     return True
 
 
+# first cells of a header line whose other cells are column numbers
+HEADER_LABELS = frozenset({"", "name", "names", "class", "classes", "class_name", "classname", "label"})
+
+
 def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.ndarray]:
     if not path.exists():
         raise DataError(f"{path}: no such semantics file (give a .csv, .npy, .mat or a dataset directory)")
@@ -95,11 +99,15 @@ def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.
                 raise DataError(f"{path}:{line_no}: no values after the class name; expected `name,v1,...,vA`, "
                                 f"comma-separated, got {line[:60]!r}")
             try:
-                rows.append([float(v) for v in values])
+                row = [float(v) for v in values]
             except ValueError:
                 if not names and not rows and not any(_is_number(v) for v in values):
                     continue  # a header line (`name,v1,...`)
                 raise DataError(f"{path}:{line_no}: expected `name,v1,...,vA` with numbers, got {line[:60]!r}") from None
+            if not names and len(row) > 1 and name.lower() in HEADER_LABELS and row in (
+                    list(range(len(row))), list(range(1, len(row) + 1))):
+                continue  # a header of column numbers (pandas' to_csv of a plain matrix: `name,0,1,...` or `,0,1,...`)
+            rows.append(row)
             names.append(name)
         if not rows:
             raise DataError(f"{path}: no class in it; give one line `name,v1,...,vA` per class")
@@ -145,6 +153,9 @@ OUTPUT_FILES = frozenset({"features.npy", "labels.npy", "semantics.npy", "classe
 def check_output_dir(out: Path) -> None:
     """``out`` must be new, empty, or an earlier zsl-synthesize output (which is then replaced): never a
     directory holding anything else, and never the working directory or one above it."""
+    if out.is_symlink():  # replacing it would replace the link, not the directory it points to
+        raise ConfigError(f"out={out}: is a symbolic link; give the directory it points to ({out.resolve()}) or a "
+                          "new directory")
     check_output_path(out, "out=", directory=True)
     if not out.exists():
         return
@@ -191,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"n_per_class and seed must be integers, got {args['n_per_class']!r}, {args['seed']!r}") from None
     if n_per_class < 1:
         raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}")
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {seed}")
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be an integer in [0, 2**63), got {seed}")
     from zsl_gen.config import check_torch_device
     from zsl_gen.export import load_generator
 
