@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:6s} S {g['S']:6.2f}  U {g['U']:6.2f}  H {g['H']:6.2f}  T1 {r['zsl']['T1']:6.2f}   "
                   f"epoch {chosen['epoch']} (chosen on {r['chosen_on']})")
         if args.out:
-            write_json_atomic(args.out, out)
+            try:
+                write_json_atomic(args.out, out)
+            except OSError as err:
+                raise ZSLGenError(f"--out {args.out}: cannot write it ({err.strerror or err}); choose another "
+                                  "path") from None
     except (ZSLGenError, OSError, ValueError, KeyError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

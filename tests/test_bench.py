@@ -211,6 +211,8 @@ def test_a_failed_case_is_recorded_and_the_exit_status_says_so(tmp_path, capsys)
     (["--epochs", "nan"], "--epochs must be a number > 0"),
     (["--override", "foo.bar=1"], "--override foo.bar=1: "),
     (["--out", "."], "--out .: is a directory"),
+    # (root passes os.access there: the write probe refuses it; another user, the permission check)
+    (["--out", "/proc/no_such_dir/bench.json"], "--out /proc/no_such_dir/bench.json: "),
 ])
 def test_bad_arguments_are_usage_errors_before_any_case_runs(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as stop:

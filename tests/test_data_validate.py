@@ -228,9 +228,16 @@ def test_missing_files_advice_fits_the_file_and_the_dataset(tmp_path):
     with pytest.raises(DataError) as ei:  # a name that is no benchmark: nothing to download
         load_raw(tmp_path / "empty", name="sim")
     assert "zsl-data download" not in str(ei.value)
-    with pytest.raises(DataError) as ei:
+    with pytest.raises(DataError) as ei:  # the download lands in <dir>/AWA2, not in a folder named otherwise
         load_raw(tmp_path / "empty", name="AWA2")
-    assert_user_error(ei, "zsl-data download AWA2")
+    assert_user_error(ei, "`zsl-data download AWA2 --dir <dir>` and set data_dir=<dir>/AWA2")
+    with pytest.raises(DataError) as ei:
+        load_raw(tmp_path / "AWA2", name="AWA2")
+    assert_user_error(ei, f"`zsl-data download AWA2 --dir {tmp_path}`, place the files there")
+    with pytest.raises(DataError) as ei:  # CUB with sentences: both downloads
+        load_raw(tmp_path / "CUB_none", name="CUB", semantics_file="sent_splits.mat")
+    assert_user_error(ei, "`zsl-data download CUB --dir <dir>` and `zsl-data download CUB_SENT --dir <dir>` and set "
+                          "data_dir=<dir>/CUB")
 
 
 @pytest.mark.parametrize("case, named", [

@@ -246,3 +246,14 @@ def test_unfinished_jobs_are_named_and_a_sweep_without_results_lists_its_jobs(tm
     assert stop.value.code == 2 and "2 job(s) failed or did not finish" in err
     assert f"{tmp_path / 'dead' / '1'}: error: boom" in err and f"{tmp_path / 'dead' / '0'}: no results.json" in err
     assert err.strip().splitlines()[-1].startswith("error: no results.json under") and "none of its 2 job(s)" in err
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """/proc cannot hold new files, also for root, whom the permission check before the work lets through."""
+    write_result(tmp_path / "multi" / "0", seed=0)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "multi"), "--md", "/proc/no_such_dir/t.md"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "/proc/no_such_dir" in lines[0]

@@ -461,6 +461,21 @@ def test_an_explicit_generator_epochs_lifts_the_default_datasets_epoch_cap(overr
     assert ("capped by dataset.max_generator_epochs" in describe_epochs(cfg)) == (epochs in (10, 30))
 
 
+def test_the_added_epoch_cap_override_stays_among_the_overrides_before_hydras_flags(tmp_path):
+    from zsl_gen.cli.train import lift_default_epoch_cap
+
+    assert lift_default_epoch_cap(["generator.epochs=4", "seed=1", "--cfg", "job", "-p", "generator.epochs"]) == [
+        "generator.epochs=4", "++dataset.max_generator_epochs=null", "seed=1", "--cfg", "job", "-p", "generator.epochs"]
+    assert lift_default_epoch_cap(["--cfg", "job", "-p", "generator.epochs"]) == ["--cfg", "job", "-p", "generator.epochs"]
+    # the command as a user types it: a Hydra flag after the overrides
+    proc = zsl_train(tmp_path, "generator.epochs=4", "--cfg", "job", "-p", "generator.epochs")
+    assert proc.returncode == 0 and proc.stdout.strip() == "4", proc.stderr[-2000:]
+    proc = zsl_train(tmp_path, "trainer.max_epochs=3")  # without `+`: the same one line as with it
+    assert proc.returncode == 2 and proc.stderr.strip() == ("error: trainer.max_epochs=3: `trainer.max_epochs` is set "
+                                                            "by zsl-train itself and would be ignored; use "
+                                                            "generator.epochs=<n>"), proc.stderr
+
+
 def test_the_epochs_trained_are_logged_and_an_explicit_count_is_recorded_uncapped(tmp_path):
     proc = zsl_train(tmp_path, *TINY, "selections=[paper]")
     assert proc.returncode == 0, proc.stderr

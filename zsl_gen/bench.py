@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zsl_gen.cli.common import report_user_errors
 from zsl_gen.runtime import (
     cpu_model,
     keep_freed_memory,
@@ -977,9 +978,23 @@ def _csv(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     if bad or not items:
         raise ValueError(f"--{what}: {'unknown ' + ', '.join(bad) if bad else 'empty'}; choose from "
                          f"{', '.join(allowed)}")
-    return [lookup[v.lower()] for v in items]
+    return list(dict.fromkeys(lookup[v.lower()] for v in items))  # each once, in the order given
 
 
+def probe_writable(path: Path, flag: str) -> None:
+    """Create (and remove) a file beside ``path``: a write that would fail at the end of a long benchmark fails
+    now (``os.access`` answers yes to root even where nothing can be written, e.g. under /proc)."""
+    from zsl_gen.errors import ConfigError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot write there ({err.strerror or err}); choose another path") from None
+
+
+@report_user_errors
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="zsl-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -987,7 +1002,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--precision", default="fp32", help="comma list of fp32, bf16")
     p.add_argument("--epochs", type=float, default=None,
-                   help="measure at least this many (fractional) epochs per case instead of --steps")
+                   help="measure at least this many (fractional) epochs per case: max(--steps, this × steps "
+                        "per epoch) steps")
     p.add_argument("--steps", type=int, default=12, help="measured training steps per case (after warm-up)")
     p.add_argument("--warmup", type=int, default=3, help="discarded warm-up steps")
     p.add_argument("--classifier-repeats", type=int, default=1)
@@ -1041,12 +1057,15 @@ def main(argv: list[str] | None = None) -> None:
     from zsl_gen.cli.common import check_output_path
     from zsl_gen.errors import ConfigError
 
-    for flag, path in (("--out", Path(args.out)), ("--md", Path(args.md) if args.md else None)):
-        try:  # before the first case runs, not after the whole benchmark
-            if path is not None:
-                check_output_path(path, flag, directory=False)
-        except ConfigError as err:
-            p.error(str(err))
+    out = Path(args.out)
+    try:  # before the first case runs, not after the whole benchmark
+        check_output_path(out, "--out", directory=False)
+        md = Path(args.md) if args.md else out.with_suffix(".md")
+        check_output_path(md, "--md", directory=False)
+        probe_writable(out, "--out")
+        probe_writable(md, "--md")
+    except ConfigError as err:
+        p.error(str(err))
     machine = machine_info(args.device)
     print(f"zsl-bench on {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
           f"load {machine['load_avg'][0]:.2f}", flush=True)
@@ -1105,16 +1124,15 @@ def main(argv: list[str] | None = None) -> None:
                              if case.get("peak_unstable") else ""), flush=True)
                 case["machine"] = machine
                 cases.append(case)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(cases, indent=1))
-    md = Path(args.md) if args.md else out.with_suffix(".md")
     header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, device "
               f"{args.device}, zsl-gen {machine['zsl_gen']} at {machine['git_commit'] or 'an unknown commit'}"
               f"{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, {machine['measured']}. "
               f"Command: `zsl-bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
               + (f". Random semantics of the published shapes for {', '.join(missing)}" if missing else "") + "\n\n")
-    md.write_text(header + markdown_table(cases))
+    from zsl_gen.results import write_text_atomic
+
+    write_text_atomic(md, header + markdown_table(cases))  # the table first: the JSON is what scripts look for
+    write_text_atomic(out, json.dumps(cases, indent=1))
     print(markdown_table(cases))
     print(f"wrote {out} and {md}")
     failed = [f"{c['method']}/{c['dataset']}/{c['precision']}" for c in cases if "error" in c]

@@ -28,6 +28,13 @@ def report_user_errors(fn: F) -> F:
             # stdout is gone: point it at /dev/null so the interpreter's final flush does not fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)  # 128 + SIGPIPE, what the shell reports for a tool killed by the closed pipe
+        except OSError as err:
+            if err.filename is None:
+                raise
+            # a path the checks before the work could not foresee (root writing under /proc, a full disk)
+            print(f"error: {err.filename}: {err.strerror or err}; check the path and the free space, or choose "
+                  "another path", file=sys.stderr)
+            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
 
@@ -73,6 +80,13 @@ def check_overrides(argv: list[str], config_name: str) -> None:
                     refuse(arg, f"no `{choice.strip()}` in conf/{key}/; {hint}the choices are {', '.join(choices)}")
             continue
         parts = key.split(".")
+        if parts[0] == "trainer" and len(parts) == 2 and config_name == "train":
+            from zsl_gen.config import TRAINER_SET_BY_ZSL_TRAIN
+
+            if parts[1] in TRAINER_SET_BY_ZSL_TRAIN:  # (Hydra would advise `+trainer.<key>`, refused after composing)
+                use = TRAINER_SET_BY_ZSL_TRAIN[parts[1]]
+                refuse(arg, f"`trainer.{parts[1]}` is set by zsl-train itself and would be ignored; "
+                            + (f"use {use}" if use else "remove it"))
         if parts[0] not in fields[""]:
             hint = did_you_mean(parts[0], fields[""], lambda close: f"`{'.'.join([close, *parts[1:]])}`")
             refuse(arg, f"`{parts[0]}` is not a setting of this command; {hint}the settings are {', '.join(fields[''])}")
@@ -101,7 +115,7 @@ def check_fresh_run_dir(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def check_output_path(path: Path, what: str, *, directory: bool) -> None:
+def check_output_path(path: Path, what: str, *, directory: bool, example: str = "out.json") -> None:
     """Refuse, before any work is done, an output ``path`` that cannot be written: an existing path of the
     other kind (a file where a directory is asked for, or the reverse), an existing ancestor that is a file,
     or a nearest existing ancestor this process may not write into. ``what``: the flag or key naming it.
@@ -111,7 +125,7 @@ def check_output_path(path: Path, what: str, *, directory: bool) -> None:
     kind = "directory" if directory else "file"
     if path.exists():
         if path.is_dir() != directory:
-            fix = "give a directory path (it is created)" if directory else f"give a file path, e.g. {path / 'out.json'}"
+            fix = "give a directory path (it is created)" if directory else f"give a file path, e.g. {path / example}"
             raise ConfigError(f"{name}: {'exists and is a file' if directory else 'is a directory'}; {fix}")
         return
     for parent in path.absolute().parents:

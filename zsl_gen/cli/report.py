@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     for flag, target in (("--md", args.md), ("--csv", args.csv)):
         try:
             if target is not None:
-                check_output_path(target, flag, directory=False)
+                check_output_path(target, flag, directory=False, example=f"table.{flag.lstrip('-')}")
         except ConfigError as err:
             parser.error(str(err))
     failed = failed_jobs(args.paths)

@@ -102,7 +102,7 @@ def clear_earlier_job(output_dir: Path, cfg: DictConfig) -> None:
 
 
 def _overridden(key: str, overrides) -> bool:
-    return any(override_key(o) == key for o in overrides)
+    return any("=" in o and not o.startswith("-") and override_key(o) == key for o in overrides)
 
 
 def lift_default_epoch_cap(overrides: list[str]) -> list[str]:
@@ -112,7 +112,10 @@ def lift_default_epoch_cap(overrides: list[str]) -> list[str]:
     line, before Hydra composes, so the run's saved config and overrides say so, and a resumed run with the
     same command composes the same config."""
     if _overridden("generator.epochs", overrides) and not _overridden("dataset.max_generator_epochs", overrides):
-        return [*overrides, "++dataset.max_generator_epochs=null"]
+        # right after the generator.epochs override: among the overrides, never after a flag (`--cfg job`), where
+        # Hydra's argument parser would take it for an unknown argument
+        at = max(i for i, o in enumerate(overrides) if _overridden("generator.epochs", [o])) + 1
+        return [*overrides[:at], "++dataset.max_generator_epochs=null", *overrides[at:]]
     return list(overrides)
 
 

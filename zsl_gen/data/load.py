@@ -64,7 +64,19 @@ def load_raw(
     raise DataError(
         f"no dataset found for {name} in {root}{missing}: looked for an xlsa17 dataset ({features_file} + "
         f"{semantics_file}) and a bring-your-own dataset ({', '.join(BYO_FILES)}){hint}; "
-        + (f"download it with `zsl-data download {name} --dir {root.parent}`, place the files there by hand, "
-           if name in DATASETS else "place the files there, ")
+        + _download_hint(name, root, semantics_file)
         + "or convert your own data to the bring-your-own format (see zsl_gen.data.byo)"
     )
+
+
+def _download_hint(name: str, root: Path, semantics_file: str) -> str:
+    """The ``zsl-data download`` commands that put a benchmark's files into ``root`` (it lands in
+    ``<dir>/<DATASET>``: only a ``root`` named so can be filled in place)."""
+    if name not in DATASETS:
+        return "place the files there, "
+    names = [name] + (["CUB_SENT"] if name == "CUB" and Path(semantics_file).name == "sent_splits.mat" else [])
+    target = DATASETS[name].target
+    commands = " and ".join(f"`zsl-data download {n} --dir {root.parent if root.name == target else '<dir>'}`"
+                            for n in names)
+    where = "" if root.name == target else f" and set data_dir=<dir>/{target}"
+    return f"download it with {commands}{where}, place the files there by hand, "

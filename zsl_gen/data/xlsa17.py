@@ -256,8 +256,8 @@ def load_xlsa17(
     required = [semantic_key, *(f"{n}_loc" for n in REQUIRED_LOCS)]
     if not all(k in smat for k in required):
         fix_sem = (f"it must hold the semantic matrix '{semantic_key}' (A × C) and 1-based locations "
-                   "'trainval_loc', 'test_seen_loc', 'test_unseen_loc'; pass semantic_key=... if your "
-                   "matrix has another name, or add the key")
+                   "'trainval_loc', 'test_seen_loc', 'test_unseen_loc'; if your matrix has another name, give "
+                   "it (zsl-train: dataset.semantic_key=<key>; zsl-data: --semantic-key <key>), or add the key")
         require_keys(spath, smat.keys(), required, fix_sem)
 
     origin = Origin.for_xlsa17(fpath, spath, semantic_key)
