@@ -25,8 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, RunConfigInCheckpoint,
-                             StreamingCheckpointIO,
-                              progress_callbacks)
+                              StreamingCheckpointIO, progress_callbacks)
 from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.protocol import protocol_indices
