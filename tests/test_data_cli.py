@@ -289,3 +289,28 @@ def test_convert_keeps_the_simulated_note_and_writes_the_named_semantics_file(tm
 def test_download_refuses_a_bad_url_or_timeout_in_one_line(tmp_path, capsys, extra, named):
     line = _user_error(capsys, ["download", "CUB", "--dir", str(tmp_path / "d"), *extra])
     assert named in line and not (tmp_path / "d").exists()
+
+
+def test_flo_is_sentences_and_convert_records_a_stated_semantic_space(tmp_path, capsys):
+    """FLO's att_splits.mat holds sentence embeddings and records no space: inferred as such, so a converted copy
+    loads with dataset=flo's semantic_space=sent; --semantic-space states the space where inference cannot."""
+    raw = make_synthetic(seed=0, n_classes=12, n_unseen=3, n_val_classes=2, feature_dim=8, samples_per_class=6)
+    save_xlsa17(raw, tmp_path / "FLO")
+    (tmp_path / "FLO" / "att_splits.mat").write_bytes(_without_semantic_space(tmp_path / "FLO" / "att_splits.mat"))
+    assert load_raw(tmp_path / "FLO", name="FLO").semantic_space == "sent"
+    assert main(["convert", str(tmp_path / "FLO"), str(tmp_path / "flo_byo")]) == 0
+    assert load_raw(tmp_path / "flo_byo", name="FLO", semantic_space="sent").semantic_space == "sent"
+    assert main(["convert", str(tmp_path / "flo_byo"), str(tmp_path / "w2v"), "--semantic-space", "w2v"]) == 0
+    assert load_raw(tmp_path / "w2v", name="X").semantic_space == "w2v"
+    capsys.readouterr()
+
+
+def _without_semantic_space(path) -> bytes:
+    import io
+
+    import scipy.io
+
+    mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__") and k != "semantic_space"}
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, mat)
+    return buffer.getvalue()

@@ -257,3 +257,18 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert stop.value.code == 2 and "Traceback" not in err and len(lines) == 1, err
     assert lines[0].startswith("error: ") and "/proc/no_such_dir" in lines[0]
+
+
+def test_a_failed_single_run_shows_its_logged_error_and_a_resumed_run_is_not_unfinished(tmp_path, capsys):
+    write_result(tmp_path / "runs" / "ok", seed=0)
+    (tmp_path / "runs" / "bad" / ".hydra").mkdir(parents=True)
+    (tmp_path / "runs" / "bad" / "train.log").write_text("[2026-12-02 09:00:00][zsl_gen][ERROR] - error: no dataset\n")
+    (tmp_path / "runs" / "killed" / ".hydra").mkdir(parents=True)  # resumed by `resumed`: its results are there
+    write_result(tmp_path / "runs" / "resumed", seed=1)
+    record = json.loads((tmp_path / "runs" / "resumed" / "results.json").read_text())
+    record["config"] = {"ckpt_path": str(tmp_path / "runs" / "killed" / "checkpoints" / "test" / "last.ckpt")}
+    (tmp_path / "runs" / "resumed" / "results.json").write_text(json.dumps(record))
+    main([str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert "1 job(s) failed or did not finish" in err and f"{tmp_path / 'runs' / 'bad'}: error: no dataset" in err
+    assert "killed" not in err

@@ -351,6 +351,12 @@ def test_a_resume_reads_the_settings_from_its_checkpoint_and_names_a_damaged_spl
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert f"selections=[paper,val] differ from {run}'s selections=[paper]" in lines[0]
     assert "resume with selections=[paper]" in lines[0]
+    # a multirun job resuming inside its own directory has its .hydra/config.yaml rewritten by Hydra to the new
+    # settings first: the checkpoint's copy decides
+    config = run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 7"))
+    proc = zsl_train(tmp_path / "inplace", *PAPER_ONLY, "generator.epochs=3", "seed=7", f"ckpt_path={last}")
+    assert proc.returncode == 2 and "seed: 0 -> 7" in proc.stderr, proc.stderr[-2000:]
     # without the run's .hydra/ (hydra.output_subdir=null, or removed) the checkpoint's copy of the settings decides
     shutil.rmtree(run / ".hydra")
     proc = zsl_train(tmp_path / "seed", *PAPER_ONLY, "generator.epochs=3", "seed=7", f"ckpt_path={last}")

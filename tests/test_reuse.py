@@ -610,12 +610,14 @@ def test_synthesize_reads_a_csv_with_a_header_line(trained, new_classes, tmp_pat
     numbered.write_text("name," + ",".join(map(str, range(dim))) + "\n" + new_classes["csv"].read_text())
     blank = tmp_path / "blank.csv"
     blank.write_text("," + ",".join(map(str, range(dim))) + "\n" + new_classes["csv"].read_text())
+    labelled = tmp_path / "labelled.csv"  # to_csv(index_label="species"): any label over >= 8 numbered columns
+    labelled.write_text("species," + ",".join(map(str, range(1, dim + 1))) + "\n" + new_classes["csv"].read_text())
     for source, out in ((new_classes["csv"], "plain"), (with_header, "header"), (numbered, "numbered"),
-                        (blank, "blank")):
+                        (blank, "blank"), (labelled, "labelled")):
         code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={source}", "n_per_class=2",
                                      f"out={tmp_path / out}")
         assert code == 0, stderr
-    for out in ("header", "numbered", "blank"):
+    for out in ("header", "numbered", "blank", "labelled"):
         np.testing.assert_array_equal(np.load(tmp_path / "plain" / "features.npy"),
                                       np.load(tmp_path / out / "features.npy"))
         assert (tmp_path / out / "classes.txt").read_text() == (tmp_path / "plain" / "classes.txt").read_text()
@@ -765,6 +767,9 @@ def test_eval_refuses_unseen_classes_the_generator_was_trained_on(trained, tmp_p
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert f"1 of dataset custom's unseen classes ({raw.class_names[seen[0]]!r}) are classes the generator" in lines[0]
     assert not (tmp_path / "eval" / "results.json").exists()
+    # another dataset whose classes only share the placeholder names (class_000, ...): other vectors, no leak
+    proc = zsl_eval(tmp_path / "other", f"generator={trained['export']}", "dataset.synthetic.seed=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_eval_syn_num_sets_cadavaes_latent_count_and_records_what_ran(tmp_path, monkeypatch):

@@ -158,10 +158,13 @@ def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):
     assert not (multi / "0" / "error.txt").exists() and results_of(multi / "0")["protocol"]["eval_every"] == 2
     assert "failed" not in proc.stderr
 
-    # rerun again, job 1 now failing: its earlier run's results go, so zsl-report cannot count them as its own
+    # rerun again, job 1 now failing: its earlier run's results are set aside (not deleted: the rerun failed), so
+    # zsl-report cannot count them as its own; job 0 succeeded, so what it set aside is gone
     proc = zsl_multirun(tmp_path, "eval_every=2,0", *TINY, "selections=[paper]")
     assert proc.returncode == 1 and (multi / "1" / "error.txt").is_file()
     assert not any((multi / "1" / name).exists() for name in ("results.json", "curves.json", "splits", "checkpoints"))
+    assert (multi / "1" / ".earlier_run" / "results.json").is_file() and (multi / "1" / ".earlier_run" / "generator").is_dir()
+    assert not (multi / "0" / ".earlier_run").exists() and (multi / "0" / "results.json").is_file()
     from zsl_gen.cli.report import main as report_main
 
     report = run_app(report_main, ["zsl-report", str(multi)], tmp_path)

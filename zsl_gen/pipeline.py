@@ -425,8 +425,12 @@ def split_curves(record: dict[str, Any], path: Path) -> CurveStack:
 
 
 def old_run_config(run_dir: Path, state: dict) -> tuple[DictConfig | None, str]:
-    """The settings of the run a checkpoint belongs to: its ``.hydra/config.yaml``, else the copy in the checkpoint
-    (``RunConfigInCheckpoint``), else None (a checkpoint of an earlier version in a directory without ``.hydra/``)."""
+    """The settings of the run a checkpoint belongs to: the copy in the checkpoint (``RunConfigInCheckpoint``;
+    first, since a multirun job resuming inside its own directory has had its ``.hydra/`` rewritten by Hydra),
+    else its ``.hydra/config.yaml``, else None (an earlier version's checkpoint in a directory without one)."""
+    stored = state.get(RunConfigInCheckpoint.CONFIG_KEY)
+    if isinstance(stored, dict):
+        return OmegaConf.create(stored), "the settings stored in its checkpoint"
     path = run_dir / ".hydra" / "config.yaml"
     if path.is_file():
         try:
@@ -434,9 +438,6 @@ def old_run_config(run_dir: Path, state: dict) -> tuple[DictConfig | None, str]:
         except Exception as err:  # omegaconf/yaml raise several types for a damaged file
             raise ConfigError(f"{path}: unreadable ({type(err).__name__}); the old run's settings cannot be "
                               "compared with this run's: restore the file or start a new run") from None
-    stored = state.get(RunConfigInCheckpoint.CONFIG_KEY)
-    if isinstance(stored, dict):
-        return OmegaConf.create(stored), "the settings stored in its checkpoint"
     return None, ""
 
 

@@ -12,6 +12,9 @@ from zsl_gen.errors import ConfigError, ZSLGenError
 
 F = TypeVar("F", bound=Callable)
 
+# where a multirun job sets an earlier job's outputs aside until it succeeds (zsl-train); zsl-report skips it
+EARLIER_RUN = ".earlier_run"
+
 
 def report_user_errors(fn: F) -> F:
     """Run ``fn``; a ``ZSLGenError`` becomes ``error: <message>`` on stderr and exit status 2. A reader that

@@ -47,6 +47,9 @@ def _add_file_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--semantics-file", default="att_splits.mat",
                    help="xlsa17 semantics/splits file, e.g. sent_splits.mat (default: att_splits.mat)")
     p.add_argument("--semantic-key", default="att", help="key of the semantic matrix (default: att)")
+    p.add_argument("--semantic-space", default=None,
+                   help="what the semantics are, e.g. att or sent (default: the dataset's own record, else inferred "
+                        "from the file name: sent_splits.mat and FLO are sent); convert records it")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -159,6 +162,15 @@ def _refuse_other_format(dst: Path, others: tuple[str, ...], what: str) -> None:
 
 
 def _load(args, path: Path) -> RawDataset:
+    raw = _read(args, path)
+    if args.semantic_space is not None:  # said by the user: it replaces the dataset's own record
+        if not args.semantic_space.strip():
+            raise ConfigError("--semantic-space must be a non-empty name such as att or sent")
+        raw.semantic_space = args.semantic_space
+    return raw
+
+
+def _read(args, path: Path) -> RawDataset:
     if detect_format(path, features_file=args.features_file, semantics_file=args.semantics_file) == "byo":
         return load_byo(path, name=args.name)  # the name recorded in splits.json, unless --name
     return load_raw(path, name=args.name or path.resolve().name, features_file=args.features_file,

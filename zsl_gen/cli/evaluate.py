@@ -114,8 +114,13 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
         raise CheckpointError(
             f"{cfg.export}: generator expects {meta['feature_dim']}-d features and {meta['semantic_dim']}-d "
             f"semantics, dataset {raw.name} has {data.feature_dim} and {data.semantic_dim}")
-    trained = {c["name"] for c in meta.get("classes", []) if c.get("role") == "seen"}
-    leaked = [raw.class_names[i] for i in data.unseen_classes.tolist() if raw.class_names[i] in trained]
+    # a class the generator trained on: the same name and the same (preprocessed) class vector, so that placeholder
+    # names (class_000, ... of files without names) of unrelated datasets do not count
+    trained = {c["name"]: i for i, c in enumerate(meta.get("classes", [])) if c.get("role") == "seen"}
+    vectors = generator.class_semantics
+    leaked = [raw.class_names[i] for i in data.unseen_classes.tolist() if raw.class_names[i] in trained
+              and vectors is not None and trained[raw.class_names[i]] < len(vectors)
+              and torch.allclose(data.semantics[i].float(), vectors[trained[raw.class_names[i]]].float())]
     if leaked:
         raise CheckpointError(
             f"{len(leaked)} of dataset {raw.name}'s unseen classes ({', '.join(map(repr, leaked[:5]))}"

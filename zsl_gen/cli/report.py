@@ -34,7 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from zsl_gen.cli.common import check_output_path, report_user_errors
+from zsl_gen.cli.common import EARLIER_RUN, check_output_path, report_user_errors
 from zsl_gen.errors import ConfigError, DataError
 from zsl_gen.results import flatten
 
@@ -62,7 +62,7 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            under = sorted(path.rglob("results.json"))
+            under = sorted(p for p in path.rglob("results.json") if EARLIER_RUN not in p.parts)
             # a sweep of failed or unfinished jobs is listed (failed_jobs), not refused here
             if not under and not any(path.rglob("error.txt")) and not any(path.rglob(".hydra")):
                 raise DataError(f"{path}: no results.json under it (and no failed job's error.txt): give the run or "
@@ -112,17 +112,42 @@ def failed_jobs(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     (zsl-train's record of a failed multirun job), with the error's last line, and those a zsl-train or zsl-eval
     job started (its ``.hydra/``) that left neither file (``UNFINISHED``)."""
     failed: dict[Path, str] = {}
+    resumed = resumed_run_dirs(paths)
     for path in paths:
         if path.is_dir():
             for error in path.rglob("error.txt"):
-                if not (error.parent / "results.json").exists():
+                if not (error.parent / "results.json").exists() and EARLIER_RUN not in error.parts:
                     lines = error.read_text(errors="replace").strip().splitlines() or ["(empty error.txt)"]
                     failed[error.parent] = lines[-1]
             for hydra_dir in path.rglob(".hydra"):
                 job = hydra_dir.parent
-                if hydra_dir.is_dir() and job not in failed and not (job / "results.json").exists():
-                    failed[job] = UNFINISHED
+                if hydra_dir.is_dir() and job not in failed and not (job / "results.json").exists() \
+                        and job.resolve() not in resumed:
+                    failed[job] = logged_error(job) or UNFINISHED
     return sorted(failed.items())
+
+
+def resumed_run_dirs(paths: Iterable[Path]) -> set[Path]:
+    """Run directories that a run under ``paths`` resumed from (its ``ckpt_path``): their results are its."""
+    found = set()
+    for path in paths:
+        for result in (path.rglob("results.json") if path.is_dir() else []):
+            try:
+                ckpt = (json.loads(result.read_text()).get("config") or {}).get("ckpt_path")
+            except (ValueError, OSError, AttributeError):
+                continue
+            if isinstance(ckpt, str) and len(Path(ckpt).parents) > 2:
+                found.add(Path(ckpt).resolve().parents[2])
+    return found
+
+
+def logged_error(job: Path) -> str | None:
+    """The last ``error:`` line a single run wrote to its log (zsl-train, zsl-eval), if any."""
+    for log_file in sorted(job.glob("*.log")):
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if "error: " in line]
+        if lines:
+            return "error: " + lines[-1].split("error: ", 1)[1]
+    return None
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

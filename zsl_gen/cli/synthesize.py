@@ -104,7 +104,7 @@ def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.
                 if not names and not rows and not any(_is_number(v) for v in values):
                     continue  # a header line (`name,v1,...`)
                 raise DataError(f"{path}:{line_no}: expected `name,v1,...,vA` with numbers, got {line[:60]!r}") from None
-            if not names and len(row) > 1 and name.lower() in HEADER_LABELS and row in (
+            if not names and len(row) > 1 and (name.lower() in HEADER_LABELS or len(row) >= 8) and row in (
                     list(range(len(row))), list(range(1, len(row) + 1))):
                 continue  # a header of column numbers (pandas' to_csv of a plain matrix: `name,0,1,...` or `,0,1,...`)
             rows.append(row)

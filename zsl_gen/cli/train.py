@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from zsl_gen.cli.common import check_fresh_run_dir, check_overrides, override_key
+from zsl_gen.cli.common import EARLIER_RUN, check_fresh_run_dir, check_overrides, override_key
 from zsl_gen.errors import ZSLGenError
 
 log = logging.getLogger("zsl_gen")
@@ -39,7 +39,7 @@ def train_app(cfg: DictConfig) -> float:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     optuna = "optuna" in str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="")).lower()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        clear_earlier_job(output_dir, cfg)
+        set_earlier_job_aside(output_dir, cfg)
     try:
         results = run(cfg, output_dir)
     except Exception as err:
@@ -59,6 +59,8 @@ def train_app(cfg: DictConfig) -> float:
         if optuna:
             raise TrialFailed(f"job {hydra_cfg.job.num}: {first_line} (see {output_dir / 'error.txt'})") from None
         return float("nan")
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        drop_earlier_job(output_dir)
     chosen = results["results"]
     if "val" in chosen:
         return float(chosen["val"]["val_scores"]["H"])
@@ -80,25 +82,35 @@ JOB_OUTPUTS = ("error.txt", "results.json", "curves.json", "preprocessing.json",
                "csv", "tensorboard")
 
 
-def clear_earlier_job(output_dir: Path, cfg: DictConfig) -> None:
-    """Remove what an earlier job left in this multirun job's directory (Hydra has already replaced its
-    ``.hydra/`` config), except when this job resumes from a checkpoint inside it."""
+def set_earlier_job_aside(output_dir: Path, cfg: DictConfig) -> list[str]:
+    """Move what an earlier job left in this multirun job's directory (Hydra has already replaced its
+    ``.hydra/`` config) into ``EARLIER_RUN``: ``drop_earlier_job`` deletes it once this job has succeeded; a job
+    that fails leaves it there. A job resuming from a checkpoint inside its directory keeps the checkpoints
+    and split records it resumes from. Returns the names moved."""
     ckpt = cfg.get("ckpt_path")
-    if ckpt and output_dir.resolve() in Path(str(ckpt)).expanduser().resolve().parents:
-        (output_dir / "error.txt").unlink(missing_ok=True)
-        return
-    removed = []
+    in_place = bool(ckpt) and output_dir.resolve() in Path(str(ckpt)).expanduser().resolve().parents
+    aside = output_dir / EARLIER_RUN
+    moved = []
     for name in JOB_OUTPUTS:
         path = output_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
+        if (in_place and name in ("splits", "checkpoints")) or not (path.exists() or path.is_symlink()):
             continue
-        removed.append(name)
-    if set(removed) - {"error.txt"}:
-        log.warning("%s held an earlier job's outputs (%s): this job replaces them", output_dir, ", ".join(removed))
+        if name == "error.txt":  # the failure of an earlier attempt: nothing to keep
+            path.unlink()
+            continue
+        if (aside / name).exists() or (aside / name).is_symlink():  # an earlier attempt that failed set it aside
+            shutil.rmtree(aside / name) if (aside / name).is_dir() else (aside / name).unlink()
+        aside.mkdir(exist_ok=True)
+        path.rename(aside / name)
+        moved.append(name)
+    if moved:
+        log.warning("%s held an earlier job's outputs (%s): moved to %s, deleted once this job succeeds",
+                    output_dir, ", ".join(moved), aside)
+    return moved
+
+
+def drop_earlier_job(output_dir: Path) -> None:
+    shutil.rmtree(output_dir / EARLIER_RUN, ignore_errors=True)
 
 
 def _overridden(key: str, overrides) -> bool:

@@ -294,7 +294,9 @@ def check_semantic_space(configured: str | None, stored: str | None, where: str)
     if configured is not None and stored is not None and configured != stored:
         raise DataError(f"{where} says the semantics are '{stored}', but dataset.semantic_space={configured}: "
                         f"results would be labelled with the wrong space; set dataset.semantic_space={stored} (or "
-                        "null to take the file's), or use the dataset config of that semantic space")
+                        "null to take the file's), or use the dataset config of that semantic space; if the file's "
+                        f"record is what is wrong, rewrite it: zsl-data convert <dir> <new dir> --semantic-space "
+                        f"{configured}")
 
 
 def check_choice(field_name: str, value, choices: Sequence) -> None:

@@ -229,7 +229,8 @@ def load_xlsa17(
         semantics_file: file with the semantic matrix (A × C) and the ``*_loc`` split indices.
         semantic_key: key of the semantic matrix, ``"att"`` in every release (also for sentences).
         semantic_space: label of the semantic space; default: the file's ``semantic_space`` key if it
-            has one, else ``"sent"`` when the file name or key contains "sent", else ``"att"``.
+            has one, else ``"sent"`` when the file name or key contains "sent" or the dataset is FLO, else
+            ``"att"``.
 
     Returns:
         A validated 0-based ``RawDataset``: ``features (N, D)`` float32, ``labels (N,)``,
@@ -276,8 +277,9 @@ def load_xlsa17(
     if semantic_space is None:
         semantic_space = stored
         if semantic_space is None:
-            semantic_space = "sent" if ("sent" in semantics_file.lower() or "sent" in semantic_key.lower()) \
-                else "att"
+            # FLO's release keeps its sentence embeddings under 'att' in att_splits.mat (REFERENCE §1)
+            semantic_space = "sent" if ("sent" in semantics_file.lower() or "sent" in semantic_key.lower()
+                                        or str(name).upper() == "FLO") else "att"
     files = {str(fpath.resolve()): sha256_file(fpath), str(spath.resolve()): sha256_file(spath)}
     note = (string_list(fmat.get(NOTE_KEY)) or [None])[0] if NOTE_KEY in fmat else None
     raw = RawDataset(name=name, features=features, labels=labels, semantics=semantics, class_names=names,
