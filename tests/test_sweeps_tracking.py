@@ -165,6 +165,14 @@ def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):
     assert not any((multi / "1" / name).exists() for name in ("results.json", "curves.json", "splits", "checkpoints"))
     assert (multi / "1" / ".earlier_run" / "results.json").is_file() and (multi / "1" / ".earlier_run" / "generator").is_dir()
     assert not (multi / "0" / ".earlier_run").exists() and (multi / "0" / "results.json").is_file()
+    # once more, failing again, after an attempt that left partial outputs: those go, the finished run's stay aside
+    kept = (multi / "1" / ".earlier_run" / "results.json").read_text()
+    (multi / "1" / "checkpoints").mkdir()
+    (multi / "1" / "checkpoints" / "partial.ckpt").write_text("a failed attempt's")
+    proc = zsl_multirun(tmp_path, "eval_every=2,0", *TINY, "selections=[paper]")
+    assert proc.returncode == 1 and not (multi / "1" / "checkpoints").exists()
+    assert (multi / "1" / ".earlier_run" / "results.json").read_text() == kept
+    assert not (multi / "1" / ".earlier_run" / "checkpoints" / "partial.ckpt").exists()
     from zsl_gen.cli.report import main as report_main
 
     report = run_app(report_main, ["zsl-report", str(multi)], tmp_path)

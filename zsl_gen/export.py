@@ -34,7 +34,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from zsl_gen.data._io import _umask, temp_dir_beside
+from zsl_gen.data._io import temp_dir_beside
 from zsl_gen.data.protocol import apply_feature_scaling
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import CheckpointError, ConfigError, DataError
@@ -115,7 +115,7 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
         save_file(state, str(tmp / WEIGHTS), metadata={"meta_sha256": meta_digest(meta)})
         meta["weights_sha256"] = sha256_bytes((tmp / WEIGHTS).read_bytes())
         (tmp / META).write_text(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=120))
-        os.chmod(tmp / WEIGHTS, 0o666 & ~_umask())  # safetensors writes 0600: readable as the yaml beside it is
+        os.chmod(tmp / WEIGHTS, (tmp / META).stat().st_mode & 0o777)  # safetensors writes 0600: as the yaml is
         if out_dir.exists():
             _check_replaceable(out_dir)  # (again: the directory may have changed while the weights were written)
             shutil.rmtree(out_dir)

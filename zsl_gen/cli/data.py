@@ -187,8 +187,8 @@ def _convert(args) -> None:
         raise ConfigError(f"--features-file and --semantics-file are both {args.features_file}: the xlsa17 format "
                           "writes two files; give them two names")
     outputs = BYO_FILES if to == "byo" else (args.features_file, args.semantics_file)
-    _refuse_other_format(args.dst, tuple(dict.fromkeys((args.features_file, "res101.mat"))) if to == "byo"
-                         else ("features.npy",), "the destination")
+    _refuse_other_format(args.dst, (args.features_file, "res101.mat") if to == "byo" else ("features.npy",),
+                         "the destination")
     folders = [f for f in outputs if (args.dst / f).is_dir()]
     if folders:
         raise DataError(f"{args.dst / folders[0]} is a directory, where the {to} file {folders[0]} would go; "

@@ -118,9 +118,13 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     # names (class_000, ... of files without names) of unrelated datasets do not count
     trained = {c["name"]: i for i, c in enumerate(meta.get("classes", [])) if c.get("role") == "seen"}
     vectors = generator.class_semantics
-    leaked = [raw.class_names[i] for i in data.unseen_classes.tolist() if raw.class_names[i] in trained
-              and vectors is not None and trained[raw.class_names[i]] < len(vectors)
-              and torch.allclose(data.semantics[i].float(), vectors[trained[raw.class_names[i]]].float())]
+
+    def trained_on(c: int) -> bool:
+        row = trained.get(raw.class_names[c])
+        return row is not None and vectors is not None and row < len(vectors) and \
+            torch.allclose(data.semantics[c].float(), vectors[row].float())
+
+    leaked = [raw.class_names[c] for c in data.unseen_classes.tolist() if trained_on(c)]
     if leaked:
         raise CheckpointError(
             f"{len(leaked)} of dataset {raw.name}'s unseen classes ({', '.join(map(repr, leaked[:5]))}"

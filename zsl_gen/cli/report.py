@@ -107,12 +107,13 @@ UNFINISHED = ("no results.json and no error.txt: still running, or stopped witho
               "a time limit, a lost node)")
 
 
-def failed_jobs(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+def failed_jobs(paths: Iterable[Path], results: Iterable[Path] = ()) -> list[tuple[Path, str]]:
     """Job directories under the given directories without a ``results.json``: those with an ``error.txt``
     (zsl-train's record of a failed multirun job), with the error's last line, and those a zsl-train or zsl-eval
-    job started (its ``.hydra/``) that left neither file (``UNFINISHED``)."""
+    job started (its ``.hydra/``) that left neither file (``UNFINISHED``), unless one of ``results`` (the
+    ``results.json`` files found) resumed from it."""
     failed: dict[Path, str] = {}
-    resumed = resumed_run_dirs(paths)
+    resumed = resumed_run_dirs(results)
     for path in paths:
         if path.is_dir():
             for error in path.rglob("error.txt"):
@@ -127,17 +128,16 @@ def failed_jobs(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     return sorted(failed.items())
 
 
-def resumed_run_dirs(paths: Iterable[Path]) -> set[Path]:
-    """Run directories that a run under ``paths`` resumed from (its ``ckpt_path``): their results are its."""
+def resumed_run_dirs(results: Iterable[Path]) -> set[Path]:
+    """Run directories that the runs of ``results`` resumed from (their ``ckpt_path``): their results are those."""
     found = set()
-    for path in paths:
-        for result in (path.rglob("results.json") if path.is_dir() else []):
-            try:
-                ckpt = (json.loads(result.read_text()).get("config") or {}).get("ckpt_path")
-            except (ValueError, OSError, AttributeError):
-                continue
-            if isinstance(ckpt, str) and len(Path(ckpt).parents) > 2:
-                found.add(Path(ckpt).resolve().parents[2])
+    for result in results:
+        try:
+            ckpt = (json.loads(result.read_text()).get("config") or {}).get("ckpt_path")
+        except (ValueError, OSError, AttributeError):
+            continue
+        if isinstance(ckpt, str) and len(Path(ckpt).parents) > 2:
+            found.add(Path(ckpt).resolve().parents[2])
     return found
 
 
@@ -316,15 +316,16 @@ def main(argv: list[str] | None = None) -> None:
                 check_output_path(target, flag, directory=False, example=f"table.{flag.lstrip('-')}")
         except ConfigError as err:
             parser.error(str(err))
-    failed = failed_jobs(args.paths)
     try:
         files = find_results(args.paths)
     except DataError:
+        failed = failed_jobs(args.paths)
         if failed:  # every job failed or is unfinished: list them, then the one error line
             _list_failed(failed)
             raise DataError(f"no results.json under {', '.join(map(str, args.paths))}: none of its {len(failed)} "
                             "job(s) finished (listed above)") from None
         raise
+    failed = failed_jobs(args.paths, files)
     table = aggregate([row for f in files for row in read_rows(f)])
     markdown = to_markdown(table)
     sys.stdout.write(markdown)

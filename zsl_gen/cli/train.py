@@ -90,16 +90,17 @@ def set_earlier_job_aside(output_dir: Path, cfg: DictConfig) -> list[str]:
     ckpt = cfg.get("ckpt_path")
     in_place = bool(ckpt) and output_dir.resolve() in Path(str(ckpt)).expanduser().resolve().parents
     aside = output_dir / EARLIER_RUN
+    # an aside already there holds the last finished job's outputs, and what lies beside it is a failed
+    # attempt's: that is dropped, not set aside over them
+    failed_attempt = aside.is_dir()
     moved = []
     for name in JOB_OUTPUTS:
         path = output_dir / name
         if (in_place and name in ("splits", "checkpoints")) or not (path.exists() or path.is_symlink()):
             continue
-        if name == "error.txt":  # the failure of an earlier attempt: nothing to keep
-            path.unlink()
+        if name == "error.txt" or failed_attempt:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             continue
-        if (aside / name).exists() or (aside / name).is_symlink():  # an earlier attempt that failed set it aside
-            shutil.rmtree(aside / name) if (aside / name).is_dir() else (aside / name).unlink()
         aside.mkdir(exist_ok=True)
         path.rename(aside / name)
         moved.append(name)
