@@ -89,6 +89,21 @@ def record_differences(val: dict, test: dict) -> list[str]:
     return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+# the code a run's numbers came from (as zsl-report's CODE_KEYS)
+CODE_KEYS = ("zsl_gen", "git_commit", "git_dirty", "torch")
+
+
+def code_differences(val: dict, test: dict) -> list[str]:
+    """A warning when the two jobs ran on different code (a fix or an upgrade between them): the combined
+    numbers then mix two versions, which zsl-report's notes show; an empty list otherwise."""
+    codes = [{k: (record.get("versions") or {}).get(k) for k in CODE_KEYS} for record in (val, test)]
+    differ = [f"{k}: {codes[0][k]!r} != {codes[1][k]!r}" for k in CODE_KEYS if codes[0][k] != codes[1][k]]
+    if not differ:
+        return []
+    return [f"the val and test runs ran on different code ({'; '.join(differ)}): the val selection reads one "
+            "version's curves to choose another's epoch"]
+
+
 def combined_record(val_run: Path, test_run: Path, runs: dict, splits: dict, stopped: set, results: dict) -> dict:
     """The results.json of the one run the two jobs make (see the module docstring) from each split's
     results.json (``runs``) and ``splits/<split>.json`` (``splits``)."""
@@ -97,7 +112,7 @@ def combined_record(val_run: Path, test_run: Path, runs: dict, splits: dict, sto
         "created": utc_now(), "method": test["method"], "seed": test["seed"], "dataset": test["dataset"],
         "protocol": {**test["protocol"], "selections": ["paper", "val"], "splits_run": ["val", "test"]},
         "results": results,
-        "warnings": [*val.get("warnings", []), *test.get("warnings", [])],
+        "warnings": [*val.get("warnings", []), *test.get("warnings", []), *code_differences(val, test)],
         "stopped_early": {split: splits[split]["stopped"] for split in sorted(stopped)},
         "generator_export": test.get("generator_export"), "device": test.get("device"),
         "config": {**test["config"], "selections": ["paper", "val"]},

@@ -86,6 +86,14 @@ def test_two_split_jobs_combine_to_the_numbers_of_one_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: the two runs are not the same recipe: dataset.arrays_sha256: '000") and (
         len(err.strip().splitlines()) == 1)
+    # runs by other code: combined, with a warning in the record that zsl-report shows
+    assert not any("different code" in w for w in record["warnings"])
+    edited = json.loads((tmp_path / "val" / "run" / "results.json").read_text())
+    edited["versions"]["torch"] = "2.0.0"
+    results.write_text(json.dumps(edited))
+    assert combine(str(tmp_path / "val_other_data"), str(tmp_path / "test" / "run"), "--out", str(out)) == 0
+    warned = [w for w in json.loads(out.read_text())["warnings"] if "different code" in w]
+    assert len(warned) == 1 and f"torch: '2.0.0' != '{both['versions']['torch']}'" in warned[0]
     results.unlink()
     assert combine(str(tmp_path / "val_other_data"), str(tmp_path / "test" / "run")) == 2
     assert "val_other_data/results.json: missing" in capsys.readouterr().err

@@ -142,6 +142,26 @@ def test_semantic_space_and_key(tmp_path):
     assert raw.semantic_space == "w2v"
 
 
+def test_a_sentence_file_labelled_att_by_the_config_is_refused(tmp_path):
+    # dataset=cub (semantic_space: att) with dataset.semantics_file=sent_splits.mat: sentences labelled `att`
+    res, att = tiny_payloads()
+    root = write_xlsa17(tmp_path / "d", res, att, semantics_file="sent_splits.mat")
+    with pytest.raises(DataError) as ei:
+        load_xlsa17(root, name="CUB", semantics_file="sent_splits.mat", semantic_space="att")
+    assert_user_error(ei, "sent_splits.mat", "dataset.semantic_space=att", "dataset=cub_sent",
+                      "--semantic-space att")
+    # recorded in the file as attributes (the fix the message names): read as such
+    out = save_xlsa17(load_xlsa17(root, name="CUB", semantics_file="sent_splits.mat", semantic_space="w2v"),
+                      tmp_path / "e", semantics_file="sent_splits.mat")
+    with pytest.raises(DataError, match="says the semantics are 'w2v'"):
+        load_xlsa17(out, name="CUB", semantics_file="sent_splits.mat", semantic_space="att")
+    raw = load_xlsa17(root, name="CUB", semantics_file="sent_splits.mat")
+    raw.semantic_space = "att"
+    recorded = save_xlsa17(raw, tmp_path / "f", semantics_file="sent_splits.mat")
+    assert load_xlsa17(recorded, name="CUB", semantics_file="sent_splits.mat",
+                       semantic_space="att").semantic_space == "att"
+
+
 def test_writers_are_format_exact_and_round_trip(tmp_path):
     res, att = tiny_payloads()
     raw = load_xlsa17(write_xlsa17(tmp_path / "a", res, att), name="T")

@@ -272,3 +272,38 @@ def test_a_failed_single_run_shows_its_logged_error_and_a_resumed_run_is_not_unf
     err = capsys.readouterr().err
     assert "1 job(s) failed or did not finish" in err and f"{tmp_path / 'runs' / 'bad'}: error: no dataset" in err
     assert "killed" not in err
+
+
+def test_simulated_features_warnings_and_mixed_code_versions_are_noted(tmp_path, capsys):
+    # seeds 0, 1 real; seed 2 on simulated features with a warning and run by other code
+    for seed in range(3):
+        write_result(tmp_path / "multi" / str(seed), seed=seed)
+        path = tmp_path / "multi" / str(seed) / "results.json"
+        record = json.loads(path.read_text())
+        record["versions"] = {"zsl_gen": "0.1.0", "git_commit": "a" * 40 if seed < 2 else "b" * 40, "torch": "2.13.0"}
+        if seed == 2:
+            record["dataset"]["features_note"] = "simulated by zsl-data simulate"
+            record["warnings"] = ["dataset CUB: 9 seen / 3 unseen classes, but CUB has 150 / 50"]
+        path.write_text(json.dumps(record))
+    write_result(tmp_path / "multi" / "other", seed=0, method="fclswgan")  # a clean row: no notes
+    main([str(tmp_path / "multi"), "--csv", str(tmp_path / "r.csv")])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("| T1 | notes |")
+    assert "| CUB | cvae | att | val | 3 | 58.00 ± 0.00 | 38.00 ± 0.00 | 50.00 ± 0.00 | 60.00 ± 0.00 | simulated " \
+           "features in 1 of 3; warnings in 1 of 3; 2 code versions |" in out
+    assert "| CUB | fclswgan | att | val | 1 | 58.00 | 38.00 | 50.00 | 60.00 |  |" in out
+    assert f"- dataset CUB: 9 seen / 3 unseen classes, but CUB has 150 / 50 (1 run: {path})" in out
+    assert (f"CUB cvae val: its seeds ran on different code: zsl_gen=0.1.0 git_commit={'a' * 40} torch=2.13.0 | "
+            f"zsl_gen=0.1.0 git_commit={'b' * 40} torch=2.13.0") in out
+    rows = {(r["method"], r["selection"]): r for r in csv.DictReader((tmp_path / "r.csv").open())}
+    assert (rows["cvae", "val"]["simulated"], rows["cvae", "val"]["warned"]) == ("1", "1")
+    assert len(rows["cvae", "val"]["code_versions"].split(" | ")) == 2
+    assert (rows["fclswgan", "val"]["simulated"], rows["fclswgan", "val"]["warned"]) == ("0", "0")
+
+
+def test_the_embedded_simulator_under_a_benchmark_name_is_noted_but_not_under_its_own():
+    from zsl_gen.cli.report import is_simulated
+
+    assert is_simulated({"name": "CUB", "kind": "synthetic"}) and not is_simulated({"name": "synthetic", "kind": "synthetic"})
+    assert not is_simulated({"name": "CUB", "kind": "files"})
+    assert is_simulated({"name": "CUB", "kind": "files", "features_note": "simulated"})

@@ -57,6 +57,26 @@ def test_eszsl_on_synthetic_writes_complete_results(tmp_path):
     assert prep["features"]["kind"] == "minmax"
 
 
+def test_a_copy_of_the_package_inside_another_repository_records_no_commit_of_it(tmp_path):
+    # a non-editable install into a repository's .venv: that repository's HEAD is not the code that ran
+    import shutil
+
+    repo = tmp_path / "repo"
+    site = repo / ".venv" / "lib"
+    shutil.copytree(REPO / "zsl_gen", site / "zsl_gen", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for args in (["init", "-q"], ["add", ".gitignore"], ["commit", "-q", "-m", "x"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    probe = "from zsl_gen.results import versions; import zsl_gen, json; print(json.dumps([zsl_gen.__file__, versions()]))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where, info = json.loads(proc.stdout.splitlines()[-1])
+    assert where.startswith(str(site)) and "git_commit" not in info and "git_dirty" not in info
+    assert info["zsl_gen"]
+
+
 def test_same_seed_same_numbers_other_seed_other_split(tmp_path):
     a = zsl_train(tmp_path / "a", "generator=eszsl", "selections=[val]")
     b = zsl_train(tmp_path / "b", "generator=eszsl", "selections=[val]")
@@ -531,18 +551,70 @@ def test_data_under_a_benchmark_name_without_its_classes_is_warned_about(tmp_pat
     from zsl_gen.data.byo import save_byo
     from zsl_gen.pipeline import benchmark_shape_warning
 
-    assert benchmark_shape_warning(make_synthetic(n_classes=200, n_unseen=50, samples_per_class=3, name="CUB")) is None
     assert benchmark_shape_warning(make_synthetic(n_classes=12, n_unseen=3, samples_per_class=3, name="MINE")) is None
+    subset = benchmark_shape_warning(make_synthetic(n_classes=200, n_unseen=50, samples_per_class=3, semantic_dim=312,
+                                                    name="CUB"))
+    assert subset.startswith("dataset CUB: trainval / test_seen / test_unseen hold ") and "but CUB has 7057 / 1764 / " \
+        "2967: the results are labelled CUB" in subset  # CUB's classes, a fraction of its samples
     # e.g. `-m experiment=fclswgan_cub,fclswgan_sun data_dir=/data/CUB`: CUB's data labelled SUN
     monkeypatch.setenv("WANDB_MODE", "disabled")
     save_byo(make_synthetic(n_classes=12, n_unseen=3, n_val_classes=3, feature_dim=32, semantic_dim=8), tmp_path / "d")
     proc = zsl_train(tmp_path, *TINY, "logger=none", "selections=[paper]", "dataset=byo", "dataset.name=SUN",
                      f"data_dir={tmp_path / 'd'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    warning = "dataset SUN: 9 seen / 3 unseen classes, but SUN has 645 / 72: the results are labelled SUN"
+    warning = "dataset SUN: 9 seen / 3 unseen classes, but SUN has 645 / 72; trainval / test_seen / test_unseen hold"
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert any(w.startswith(warning) and "dataset=byo" in w for w in results["warnings"])
+    assert any(w.startswith(warning) and "the results are labelled SUN" in w and "dataset=byo" in w
+               for w in results["warnings"])
     assert results["dataset"]["warning"].startswith(warning) and warning in (tmp_path / "run" / "train.log").read_text()
+
+
+def benchmark_like(name: str, sizes: tuple[int, int, int], classes: tuple[int, int], semantic_dim: int,
+                   semantic_space: str = "att"):
+    """A RawDataset with a benchmark's split sizes and class counts (2-d features: only the shapes matter)."""
+    import numpy as np
+
+    from zsl_gen.data import RawDataset
+
+    n_seen, n_unseen = classes
+    labels = np.concatenate([np.arange(sizes[0]) % n_seen, np.arange(sizes[1]) % n_seen,
+                             n_seen + np.arange(sizes[2]) % n_unseen])
+    starts = np.cumsum([0, *sizes])
+    return RawDataset(name=name, features=np.ones((labels.size, 2), np.float32), labels=labels,
+                      semantics=np.ones((n_seen + n_unseen, semantic_dim), np.float32),
+                      class_names=[f"c{i}" for i in range(n_seen + n_unseen)],
+                      locs={k: np.arange(starts[i], starts[i + 1]) for i, k in
+                            enumerate(("trainval", "test_seen", "test_unseen"))}, semantic_space=semantic_space)
+
+
+def test_another_benchmarks_data_or_semantics_under_a_benchmark_name_is_warned_about():
+    from zsl_gen.pipeline import benchmark_shape_warning
+
+    awa2 = (23527, 5882, 7913)
+    assert benchmark_shape_warning(benchmark_like("AWA2", awa2, (40, 10), 85)) is None
+    assert benchmark_shape_warning(benchmark_like("CUB", (7057, 1764, 2967), (150, 50), 1024, "sent")) is None
+    # AWA2's files run as dataset=awa1: the same 40 / 10 classes, other samples
+    assert benchmark_shape_warning(benchmark_like("AWA1", awa2, (40, 10), 85)) == (
+        "dataset AWA1: trainval / test_seen / test_unseen hold 23527 / 5882 / 7913 samples, but AWA1 has 19832 / "
+        "4958 / 5685: the results are labelled AWA1. If this is other data, use dataset=byo data_dir=<dir> "
+        "dataset.name=<its name> (or the dataset config of what it is)")
+    # CUB's 1024-d sentence embeddings labelled as its 312-d attributes
+    assert "the semantics are 1024-d, but CUB's 'att' vectors are 312-d" in benchmark_shape_warning(
+        benchmark_like("CUB", (7057, 1764, 2967), (150, 50), 1024, "att"))
+    # another space on a benchmark (word vectors): no expectation to check
+    assert benchmark_shape_warning(benchmark_like("AWA2", awa2, (40, 10), 300, "w2v")) is None
+
+
+def test_a_single_unseen_class_is_flagged_as_making_t1_meaningless(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    proc = zsl_train(tmp_path, "generator=eszsl", "logger=none", "dataset.synthetic.n_unseen=1",
+                     "dataset.synthetic.n_val_classes=1", "dataset.synthetic.feature_dim=32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["results"]["paper"]["zsl"]["T1"] == 100.0  # one class to choose from
+    flagged = [w for w in results["warnings"] if "a single unseen class" in w]
+    assert [w.split(" ", 1)[0] for w in flagged] == ["split=val", "split=test"]
+    assert all("T1 is 100% by construction" in w for w in flagged) and "choice is arbitrary" in flagged[0]
 
 
 def test_a_val_selection_among_all_zero_h_is_flagged_as_arbitrary(tmp_path, monkeypatch):

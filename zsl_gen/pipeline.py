@@ -29,7 +29,7 @@ from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEv
 from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.protocol import protocol_indices
-from zsl_gen.data.types import ZSLData
+from zsl_gen.data.types import REQUIRED_LOCS, ZSLData
 from zsl_gen.data.validate import origin_of
 from zsl_gen.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from zsl_gen.eval import ClassifierConfig, eszsl_curves
@@ -605,21 +605,42 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         finish_loggers(open_loggers)
 
 
-# The xlsa17 benchmarks' classes (seen / unseen), REFERENCE §1
+# The xlsa17 benchmarks' classes (seen / unseen), samples (trainval, test_seen, test_unseen) and semantic
+# dimensions per space, REFERENCE §1
 BENCHMARK_CLASSES = {"CUB": (150, 50), "SUN": (645, 72), "AWA1": (40, 10), "AWA2": (40, 10), "APY": (20, 12),
                      "FLO": (82, 20)}
+BENCHMARK_SAMPLES = {"CUB": (7057, 1764, 2967), "SUN": (10320, 2580, 1440), "AWA1": (19832, 4958, 5685),
+                     "AWA2": (23527, 5882, 7913), "APY": (5932, 1483, 7924), "FLO": (5631, 1403, 1155)}
+BENCHMARK_SEMANTIC_DIMS = {("CUB", "att"): 312, ("CUB", "sent"): 1024, ("SUN", "att"): 102, ("AWA1", "att"): 85,
+                           ("AWA2", "att"): 85, ("APY", "att"): 64, ("FLO", "sent"): 1024}
 
 
 def benchmark_shape_warning(raw: RawDataset) -> str | None:
     """A warning when data read under a benchmark's name (``dataset=cub``, results labelled CUB) does not have
-    that benchmark's seen/unseen classes: another dataset's directory, or a subset, would be reported as CUB."""
-    expected = BENCHMARK_CLASSES.get(str(raw.name).upper())
+    that benchmark's seen/unseen classes, split sizes or semantic dimension: another dataset's directory
+    (AWA2's read as AWA1: the same classes, other samples), a subset, or sentence embeddings labelled ``att``
+    would be reported as that benchmark."""
+    key = str(raw.name).upper()
+    if key not in BENCHMARK_CLASSES:
+        return None
+    problems = []
     got = (int(len(raw.seen_classes)), int(len(raw.unseen_classes)))
-    if expected and got != expected:
-        return (f"dataset {raw.name}: {got[0]} seen / {got[1]} unseen classes, but {str(raw.name).upper()} has "
-                f"{expected[0]} / {expected[1]}: the results are labelled {raw.name}. If this is other data, use "
-                "dataset=byo data_dir=<dir> dataset.name=<its name>")
-    return None
+    if got != BENCHMARK_CLASSES[key]:
+        problems.append(f"{got[0]} seen / {got[1]} unseen classes, but {key} has "
+                        f"{BENCHMARK_CLASSES[key][0]} / {BENCHMARK_CLASSES[key][1]}")
+    sizes = tuple(int(len(raw.locs[n])) for n in REQUIRED_LOCS)
+    if sizes != BENCHMARK_SAMPLES[key]:
+        problems.append("trainval / test_seen / test_unseen hold {} / {} / {} samples, but {} has {} / {} / {}"
+                        .format(*sizes, key, *BENCHMARK_SAMPLES[key]))
+    dim = int(raw.semantics.shape[1])
+    expected_dim = BENCHMARK_SEMANTIC_DIMS.get((key, str(raw.semantic_space)))
+    if expected_dim is not None and dim != expected_dim:
+        problems.append(f"the semantics are {dim}-d, but {key}'s '{raw.semantic_space}' vectors are "
+                        f"{expected_dim}-d")
+    if not problems:
+        return None
+    return (f"dataset {raw.name}: {'; '.join(problems)}: the results are labelled {raw.name}. If this is other "
+            "data, use dataset=byo data_dir=<dir> dataset.name=<its name> (or the dataset config of what it is)")
 
 
 def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None,
@@ -681,6 +702,12 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
             check_resumed_data(resume, record, data)
         if split == splits[0] and record.get("warning"):
             training_warnings.append(record["warning"])  # kept in results.json, not only in the log
+        if len(data.unseen_classes) == 1:
+            single = (f"split={split} has a single unseen class ({data.class_names[int(data.unseen_classes[0])]}): "
+                      "its ZSL accuracy T1 is 100% by construction (one class to choose from) and says nothing; "
+                      "read U and H" + (", and the val selection's T1 choice is arbitrary" if split == "val" else ""))
+            log.warning(single)
+            training_warnings.append(single)
         release_freed_memory()  # the read's transients (keep_freed_memory holds them from a split's training on)
         start = time.perf_counter()
         split_warnings: list[str] = []

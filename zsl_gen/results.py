@@ -33,9 +33,12 @@ def versions() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cudnn"] = torch.backends.cudnn.version()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent)
-        if commit.returncode == 0:
+        package = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=package)
+        # a package installed (not editable) inside some repository's tree, e.g. its .venv: not that repository's code
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "__init__.py"], capture_output=True,
+                                 timeout=5, cwd=package)
+        if commit.returncode == 0 and tracked.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
             status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                     text=True, timeout=5, cwd=Path(__file__).resolve().parent)

@@ -52,7 +52,10 @@ BOOKKEEPING_LEAVES = ("trainer.log_every_n_steps", "trainer.enable_model_summary
                       "dataset.data_dir")  # where the files were: they enter by their checksums
 # the schedule asked for and the dataset's cap on it: the setting has the epochs trained instead
 EPOCH_LEAVES = ("generator.epochs", "dataset.max_generator_epochs")
-MAX_LABEL_KEYS = 6  # a Markdown label names at most this many keys (the CSV names them all)
+MAX_LABEL_KEYS = 6
+# the code a result came from: a row pooling seeds run by different code says so (it is not split: a rerun
+# after an unrelated commit is the same setting)
+CODE_KEYS = ("zsl_gen", "git_commit", "git_dirty", "torch")  # a Markdown label names at most this many keys (the CSV names them all)
 
 
 def find_results(paths: Iterable[Path]) -> list[Path]:
@@ -162,13 +165,18 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         if not record["results"]:
             raise DataError(f"{path}: `results` holds no selection; rerun the job or remove the file")
         setting = setting_of(record, path)
+        simulated = is_simulated(record["dataset"])
+        warnings = [str(w) for w in record.get("warnings") or []]
+        versions = record.get("versions") or {}
+        code = " ".join(f"{k}={versions[k]}" for k in CODE_KEYS if versions.get(k) is not None)
         for selection, res in record["results"].items():
             rows.append({"dataset": record["dataset"]["name"], "method": record["method"],
                          "semantics": record["dataset"]["semantic_space"], "selection": selection,
                          "seed": record["seed"], **{m: res["gzsl"][m] for m in "SUH"}, "T1": res["zsl"]["T1"],
                          "optimistic": bool(res.get("optimistic", selection == "paper")),
                          "stopped_early": bool(stopped & SPLITS_USED.get(selection, {"test"})),
-                         "path": str(path), "setting": setting})
+                         "path": str(path), "setting": setting, "simulated": simulated,
+                         "warnings": warnings, "code": code})
             for field in (*METRICS, "seed"):
                 value = rows[-1][field]
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
@@ -185,6 +193,13 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     except (KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: not a zsl-train results.json (missing field {err}); remove it or pass "
                         "only zsl-train run directories") from None
+
+
+def is_simulated(dataset: dict[str, Any]) -> bool:
+    """Whether a result's features were simulated (``zsl-data simulate``'s note, or the embedded simulator under
+    another name than ``synthetic``): such numbers are not a benchmark's, whatever the dataset is called."""
+    renamed = dataset.get("kind") == "synthetic" and str(dataset.get("name")).lower() != "synthetic"
+    return bool(dataset.get("features_note")) or renamed
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -254,6 +269,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["seeds"] = sorted({m["seed"] for m in members})
         entry["stopped_early"] = sum(bool(m.get("stopped_early")) for m in members)
         entry["optimistic"] = sum(bool(m.get("optimistic")) for m in members)  # chosen on test
+        entry["simulated"] = sum(bool(m.get("simulated")) for m in members)
+        entry["warned"] = sum(bool(m.get("warnings")) for m in members)
+        entry["codes"] = sorted({m.get("code") or "" for m in members})
         for metric in METRICS:
             entry[metric] = mean_std([float(m[metric]) for m in members])
         table.append(entry)
@@ -262,11 +280,43 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-def to_markdown(table: list[dict[str, Any]]) -> str:
-    """The table in Markdown; a ``setting`` column is added where settings of one method need telling apart."""
+def notes_of(entry: dict[str, Any]) -> list[str]:
+    """What a reader of a row must know: simulated features, runs that recorded warnings, seeds run by
+    different code."""
+    n = entry["n"]
+
+    def share(k: int) -> str:
+        return "" if k == n else f" in {k} of {n}"
+
+    notes = []
+    if entry.get("simulated"):
+        notes.append("simulated features" + share(entry["simulated"]))
+    if entry.get("warned"):
+        notes.append("warnings" + share(entry["warned"]))
+    if len(entry.get("codes") or []) > 1:
+        notes.append(f"{len(entry['codes'])} code versions")
+    return notes
+
+
+def run_warnings(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each warning the results recorded -> the results files that recorded it (each file once)."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        for warning in row.get("warnings") or []:
+            if row["path"] not in found[warning]:
+                found[warning].append(row["path"])
+    return dict(found)
+
+
+def to_markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]] | None = None) -> str:
+    """The table in Markdown; a ``setting`` column is added where settings of one method need telling apart,
+    a ``notes`` column where a row has notes (``notes_of``). With ``rows``, the warnings they recorded and the
+    code versions of rows that pool several are listed below the table."""
     labelled = any(e.get("setting") for e in table)
-    head = "| dataset | method | semantics | selection | n | S | U | H | T1 |" + (" setting |" if labelled else "")
-    lines = [head, "|" + "---|" * (9 + labelled)]
+    noted = any(notes_of(e) for e in table)
+    head = ("| dataset | method | semantics | selection | n | S | U | H | T1 |" + (" setting |" if labelled else "")
+            + (" notes |" if noted else ""))
+    lines = [head, "|" + "---|" * (9 + labelled + noted)]
     for e in table:
         cells = [f"{e[m][0]:.2f}" + (f" ± {e[m][1]:.2f}" if e["n"] > 1 else "") for m in METRICS]
         optimistic = e.get("optimistic", 0)
@@ -278,9 +328,24 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
         setting = ", ".join(items[:MAX_LABEL_KEYS]) + (f", … (+{len(items) - MAX_LABEL_KEYS} keys: see the CSV)"
                                                         if len(items) > MAX_LABEL_KEYS else "")
         lines.append(f"| {e['dataset']} | {e['method']} | {e['semantics']} | {label} | {n} | "
-                     + " | ".join(cells) + " |" + (f" {setting} |" if labelled else ""))
+                     + " | ".join(cells) + " |" + (f" {setting} |" if labelled else "")
+                     + (f" {'; '.join(notes_of(e))} |" if noted else ""))
     lines.append("")
     lines.append("mean ± sample standard deviation (n − 1) over the seeds; a single seed has no ±.")
+    if any(e.get("simulated") for e in table):
+        lines.append("simulated features: not real image features, so not a benchmark's numbers (the runs' "
+                     "`dataset.features_note`).")
+    for e in table:
+        if len(e.get("codes") or []) > 1:
+            lines.append(f"{e['dataset']} {e['method']} {e['selection']}: its seeds ran on different code: "
+                         + " | ".join(c or "(not recorded)" for c in e["codes"]))
+    warnings = run_warnings(rows or [])
+    if warnings:
+        lines.append("")
+        lines.append("Warnings the runs recorded (`warnings` in results.json):")
+        for warning, paths in warnings.items():
+            lines.append(f"- {warning} ({len(paths)} run{'s' if len(paths) > 1 else ''}"
+                         + (f": {paths[0]}" if len(paths) == 1 else "") + ")")
     return "\n".join(lines) + "\n"
 
 
@@ -288,10 +353,11 @@ def to_csv(table: list[dict[str, Any]]) -> str:
     """The table as CSV; ``setting`` (last column) holds the label's ``key=value`` items, ``; ``-separated."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([*KEY_FIELDS, "n", "seeds", "stopped_early"]
+    writer.writerow([*KEY_FIELDS, "n", "seeds", "stopped_early", "simulated", "warned", "code_versions"]
                     + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["setting"])
     for e in table:
-        writer.writerow([*(e[k] for k in KEY_FIELDS), e["n"], " ".join(map(str, e["seeds"])), e.get("stopped_early", 0)]
+        writer.writerow([*(e[k] for k in KEY_FIELDS), e["n"], " ".join(map(str, e["seeds"])), e.get("stopped_early", 0),
+                         e.get("simulated", 0), e.get("warned", 0), " | ".join(e.get("codes") or [])]
                         + ["" if math.isnan(v) else f"{v:.4f}" for m in METRICS for v in e[m]]
                         + ["; ".join(e.get("setting") or [])])
     return buf.getvalue()
@@ -326,8 +392,9 @@ def main(argv: list[str] | None = None) -> None:
                             "job(s) finished (listed above)") from None
         raise
     failed = failed_jobs(args.paths, files)
-    table = aggregate([row for f in files for row in read_rows(f)])
-    markdown = to_markdown(table)
+    rows = [row for f in files for row in read_rows(f)]
+    table = aggregate(rows)
+    markdown = to_markdown(table, rows)
     sys.stdout.write(markdown)
     print(f"({len(files)} results.json files)")
     if failed:  # a sweep's failed jobs are not in the table: say so, or a mean over fewer seeds passes unnoticed

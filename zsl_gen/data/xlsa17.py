@@ -274,6 +274,13 @@ def load_xlsa17(
             for n in REQUIRED_LOCS + OPTIONAL_LOCS if f"{n}_loc" in smat}
     stored = (string_list(smat.get("semantic_space")) or [None])[0] or None if "semantic_space" in smat else None
     check_semantic_space(semantic_space, stored, f"key 'semantic_space' of {spath}")
+    if stored is None and semantic_space == "att" and "sent" in Path(semantics_file).name.lower():
+        # dataset=cub sets `att` itself: `dataset.semantics_file=sent_splits.mat` alone would label sentences `att`
+        raise DataError(f"{spath} holds sentence embeddings by its name, but dataset.semantic_space=att: results "
+                        "would be labelled with the wrong space; use the sentence config (CUB: dataset=cub_sent) or "
+                        "dataset.semantic_space=sent; if the file really holds attributes, record it: zsl-data "
+                        "convert <dir> <new dir> --to xlsa17 --semantics-file " + Path(semantics_file).name
+                        + " --semantic-space att")
     if semantic_space is None:
         semantic_space = stored
         if semantic_space is None:
