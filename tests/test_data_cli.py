@@ -61,7 +61,16 @@ def test_simulate_writes_a_loadable_xlsa17_dir(tmp_path, capsys):
 
     ds = OmegaConf.create({"kind": "files", "feature_scaling": "minmax", "l2_semantics": False,
                            "semantics_file": "att_splits.mat", "semantic_key": "att"})
-    assert dataset_record(raw, ds)["features_note"] == note
+    record = dataset_record(raw, ds)
+    assert record["features_note"] == note
+    from zsl_gen.results import summary_table  # a run's printed summary says so too
+
+    selection = {"gzsl": {"S": 1.0, "U": 1.0, "H": 1.0}, "zsl": {"T1": 1.0}, "optimistic": False, "chosen_on": "val",
+                 "gzsl_chosen": {"epoch": 1, "classifier": "", "gamma": None}}
+    table = summary_table({"method": "cvae", "seed": 0, "dataset": record, "results": {"val": selection}})
+    assert f"! {note}: not CUB's benchmark numbers" in table
+    assert "benchmark numbers" not in summary_table({"method": "cvae", "seed": 0, "results": {"val": selection},
+                                                     "dataset": {**record, "features_note": None}})
     # refuses to overwrite features without --force
     line = _user_error(capsys, ["simulate", "--att-splits", str(src), "--out", str(out)])
     assert "res101.mat already exists" in line and "--force" in line

@@ -90,6 +90,8 @@ def summary_table(results: dict[str, Any]) -> str:
                      + (" — scores on split=val" if sel.get("evaluated_on") == "val" else ""))
     if "test" not in results.get("protocol", {}).get("splits_run", ["test"]):
         lines.append("(val_split only: the test split was not run; run selections=[paper,val] for test numbers)")
+    if ds.get("features_note"):
+        lines.append(f"! {ds['features_note']}: not {ds['name']}'s benchmark numbers (results.json: dataset.features_note)")
     for split, stop in results.get("stopped_early", {}).items():
         lines.append(f"! split={split}: training diverged in epoch {stop['epoch']} of {stop['of']} and stopped; its "
                      f"numbers come from the epochs up to {stop['last_evaluated_epoch']} (results.json: stopped_early)")
