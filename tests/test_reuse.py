@@ -498,6 +498,42 @@ def test_eval_with_the_exports_seed_reproduces_the_runs_last_epoch(trained, tmp_
     assert json.loads((tmp_path / "other" / "eval" / "curves.json").read_text())["test"]["H"] != eval_curves["H"]
 
 
+def test_eval_with_another_syn_num_reproduces_a_run_trained_with_it(trained, tmp_path, monkeypatch):
+    # syn_num does not change generator training: the run with syn_num=30 trains the same weights as the export's
+    # (syn_num=50), and zsl-eval syn_num=30 must give its numbers: the classifier's batch size follows syn_num
+    from zsl_gen.cli.train import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tiny = [o for o in TINY if not o.startswith("generator.syn_num=")]
+    proc = run_app(main, ["zsl-train", f"hydra.run.dir={tmp_path / 'run30'}", *tiny, "generator.syn_num=30",
+                          "selections=[paper]", "logger=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert yaml.safe_load((trained["export"] / "generator.yaml").read_text())["classifier_batch_size_follows_syn_num"]
+    proc = zsl_eval(tmp_path, f"generator={trained['export']}", "syn_num=30")
+    assert proc.returncode == 0, proc.stderr
+    run_curves = json.loads((tmp_path / "run30" / "curves.json").read_text())["test"]
+    eval_curves = json.loads((tmp_path / "eval" / "curves.json").read_text())["test"]
+    for metric in ("S", "U", "H", "T1"):
+        assert eval_curves[metric][0] == run_curves[metric][-1]
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["config"]["classifier"]["batch_size"] == 30
+    # a batch size given apart from syn_num stays as given
+    proc = zsl_eval(tmp_path / "fixed", f"generator={trained['export']}", "syn_num=30", "classifier.batch_size=64")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "fixed" / "eval" / "results.json").read_text())["config"]["classifier"][
+        "batch_size"] == 64
+
+
+def test_a_batch_size_set_apart_from_syn_num_is_kept_by_zsl_eval():
+    from zsl_gen.cli.evaluate import batch_size_follows_syn_num
+
+    assert not batch_size_follows_syn_num({"syn_num": 400, "classifier": {"batch_size": 32},
+                                           "classifier_batch_size_follows_syn_num": False})  # CADA-VAE's recipe
+    assert not batch_size_follows_syn_num({"syn_num": 300, "classifier": {"batch_size": 300},
+                                           "classifier_batch_size_follows_syn_num": False})  # set to equal it
+    assert batch_size_follows_syn_num({"syn_num": 300, "classifier": {"batch_size": 300}})  # an older export
+    assert not batch_size_follows_syn_num({"syn_num": 300, "classifier": {"batch_size": 64}})
+
+
 @pytest.mark.parametrize("override, message", [
     ("dataset.feature_scaling=none", "error: dataset.feature_scaling: zsl-eval preprocesses the data as the "
                                      "generator was trained"),
@@ -765,7 +801,7 @@ def test_eval_refuses_unseen_classes_the_generator_was_trained_on(trained, tmp_p
     proc = zsl_eval(tmp_path, f"generator={trained['export']}", "dataset=byo", f"data_dir={tmp_path / 'swapped'}")
     lines = error_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-    assert f"1 of dataset custom's unseen classes ({raw.class_names[seen[0]]!r}) are classes the generator" in lines[0]
+    assert f"1 of dataset {raw.name}'s unseen classes ({raw.class_names[seen[0]]!r}) are classes the generator" in lines[0]
     assert not (tmp_path / "eval" / "results.json").exists()
     # another dataset whose classes only share the placeholder names (class_000, ...): other vectors, no leak
     proc = zsl_eval(tmp_path / "other", f"generator={trained['export']}", "dataset.synthetic.seed=1")
@@ -796,6 +832,17 @@ def test_eval_syn_num_sets_cadavaes_latent_count_and_records_what_ran(tmp_path, 
                     for r in ("default", "ten"))
     assert (default, ten) == (20, 10)
     assert sizes[0] - sizes[1] == 10 * 10  # 10 unseen classes, 10 latents fewer each
+    # its reparameterised sampling, too, is float32 and seeded whatever the caller's default dtype
+    generator = zsl_gen.load_generator(tmp_path / "run" / "generator")
+    vectors = generator.class_semantics[:2]
+    expected = generator.synthesize(vectors, 3, seed=1, prepared=True)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = zsl_gen.load_generator(tmp_path / "run" / "generator").synthesize(vectors, 3, seed=1, prepared=True)
+    finally:
+        torch.set_default_dtype(old)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
 
 
 def test_an_export_never_replaces_a_directory_holding_other_files(trained, tmp_path):
@@ -809,3 +856,123 @@ def test_an_export_never_replaces_a_directory_holding_other_files(trained, tmp_p
         export_generator(generator.system, None, tmp_path / "generator")  # refused before the data is read
     assert (tmp_path / "generator" / "my_notes.txt").read_text() == "keep"
     assert [p.name for p in tmp_path.iterdir()] == ["generator"]  # no temporary directory left behind
+
+
+def test_synthesize_reads_quoted_csv_cells_and_a_padded_classes_txt(trained, new_classes, tmp_path):
+    import csv as csv_module
+
+    quoted = tmp_path / "quoted.csv"  # R's write.csv / Python's QUOTE_NONNUMERIC: names in quotes, one with a comma
+    names = ["okapi", "zebra, plains", "narwhal"]
+    with quoted.open("w", newline="") as handle:
+        writer = csv_module.writer(handle, quoting=csv_module.QUOTE_NONNUMERIC)
+        for name, row in zip(names, new_classes["vectors"]):
+            writer.writerow([name, *map(float, row)])
+    padded = tmp_path / "padded"  # classes.txt with padded names and a trailing blank line, as load_byo accepts
+    padded.mkdir()
+    np.save(padded / "semantics.npy", new_classes["vectors"])
+    (padded / "classes.txt").write_text(" okapi\nquagga \nnarwhal\n\n")
+    for source, out, expected in ((quoted, "q", names), (padded, "p", ["okapi", "quagga", "narwhal"])):
+        code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={source}", "n_per_class=2",
+                                     f"out={tmp_path / out}")
+        assert code == 0, stderr
+        assert (tmp_path / out / "classes.txt").read_text().splitlines() == expected
+        np.testing.assert_array_equal(np.load(tmp_path / out / "semantics.npy"), new_classes["vectors"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text('"okapi,1,2\n')  # an unclosed quote
+    code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={bad}", "n_per_class=2",
+                                 f"out={tmp_path / 'b'}")
+    assert code == 2 and len(error_lines(stderr)) == 1 and "bad.csv" in stderr, stderr
+
+
+def leftovers(parent: Path, out: str) -> list[str]:
+    """Hidden temp dirs zsl-synthesize left beside ``parent / out``."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{out}."))
+
+
+def test_synthesize_keeps_files_put_into_out_while_it_ran_and_the_earlier_output(trained, new_classes, tmp_path,
+                                                                                 monkeypatch):
+    import zsl_gen.export
+
+    common = (f"generator={trained['export']}", f"semantics={new_classes['csv']}", "n_per_class=2")
+    out = tmp_path / "syn"
+    assert synthesize(*common, f"out={out}")[0] == 0
+    earlier = np.load(out / "features.npy")
+    real = zsl_gen.export.Generator.synthesize
+
+    def meanwhile(self, *args, **kwargs):  # a user saves notes into out= while the features are made
+        (out / "my_notes.txt").write_text("mine")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(zsl_gen.export.Generator, "synthesize", meanwhile)
+    code, _, stderr = synthesize(*common[:2], "n_per_class=3", f"out={out}")
+    assert code == 2 and len(error_lines(stderr)) == 1 and "my_notes.txt" in stderr, stderr
+    assert (out / "my_notes.txt").read_text() == "mine" and np.array_equal(np.load(out / "features.npy"), earlier)
+    assert leftovers(tmp_path, "syn") == []
+
+
+def test_synthesize_cleans_up_on_a_full_disk_and_on_sigterm(trained, new_classes, tmp_path, monkeypatch):
+    import os as os_module
+    import signal
+
+    import zsl_gen.cli.synthesize as cli
+
+    common = (f"generator={trained['export']}", f"semantics={new_classes['csv']}", "n_per_class=2")
+    out = tmp_path / "syn"
+    assert synthesize(*common, f"out={out}")[0] == 0
+    earlier = np.load(out / "features.npy")
+    real_save = np.save
+
+    def short_write(path, array, *args, **kwargs):  # numpy's error for a full disk: no file name, no errno
+        if Path(path).name == "labels.npy":
+            raise OSError("30720000 requested and 5119968 written")
+        return real_save(path, array, *args, **kwargs)
+
+    monkeypatch.setattr(cli.np, "save", short_write)
+    code, _, stderr = synthesize(*common[:2], "n_per_class=3", f"out={out}")
+    assert code == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
+    assert f"out={out}: writing the output failed (30720000 requested and 5119968 written); check the free " \
+           "space" in stderr
+    assert np.array_equal(np.load(out / "features.npy"), earlier) and leftovers(tmp_path, "syn") == []
+
+    def terminated(path, array, *args, **kwargs):  # `kill <pid>` (a batch system's time limit) mid-write
+        real_save(path, array, *args, **kwargs)
+        os_module.kill(os_module.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli.np, "save", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, _ = synthesize(*common[:2], "n_per_class=3", f"out={out}")
+    assert code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) == before
+    assert np.array_equal(np.load(out / "features.npy"), earlier) and leftovers(tmp_path, "syn") == []
+
+
+def test_the_api_gives_float32_seeded_features_whatever_the_default_dtype(trained):
+    generator = zsl_gen.load_generator(trained["export"])
+    vectors = raw_test_semantics(trained["run"])[0][:3]
+    expected = generator.synthesize(vectors, 4, seed=2)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        again = zsl_gen.load_generator(trained["export"])
+        got = again.synthesize(vectors, 4, seed=2)
+    finally:
+        torch.set_default_dtype(old)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert all(p.dtype == torch.float32 for p in again.system.parameters())
+
+
+def test_the_apis_preprocessing_equals_trainings(trained):
+    from zsl_gen.data.protocol import l2_rows
+    from zsl_gen.export import unscale
+
+    generator = zsl_gen.load_generator(trained["export"])
+    generator.meta["preprocessing"]["semantics"]["l2"] = True  # as an export of a dataset.l2_semantics=true run
+    rng = np.random.default_rng(0)
+    vectors = rng.random((200, 64)).astype(np.float32) * rng.choice([1e-3, 1.0, 7.0], (200, 1)).astype(np.float32)
+    vectors[5] = 0.0  # an all-zero row stays zero
+    assert np.array_equal(generator.prepare_semantics(vectors).numpy(), l2_rows(vectors))
+    scaled = generator.synthesize(vectors[:2], 3, seed=0, prepared=True)
+    raw = unscale(scaled, generator.meta["preprocessing"])  # tensors and arrays alike
+    assert np.array_equal(unscale(scaled.numpy(), generator.meta["preprocessing"]), raw.numpy())
+    assert torch.equal(raw, generator.synthesize(vectors[:2], 3, seed=0, prepared=True, space="raw"))
+    with pytest.raises(CheckpointError, match=r"do not fit in cpu memory"):
+        generator.synthesize(vectors[:2], 2**62)  # too many rows to count: the same one line

@@ -546,6 +546,26 @@ def test_own_data_in_the_byo_format_trains_and_records_its_files_and_semantic_sp
     assert all(len(digest) == 64 for digest in record["files"].values())
 
 
+def test_own_data_without_a_name_given_takes_the_name_it_records(tmp_path):
+    """`dataset=byo` without `dataset.name`: splits.json's "name" (as `zsl-data info` shows it), else the
+    directory's, never a placeholder."""
+    from zsl_gen.data import make_synthetic, save_byo
+
+    raw = make_synthetic(n_classes=12, n_unseen=3, n_val_classes=2, semantic_dim=8, feature_dim=16,
+                         samples_per_class=20, seed=0, name="MyBirds")
+    save_byo(raw, tmp_path / "birds")
+    proc = zsl_train(tmp_path, "generator=eszsl", "dataset=byo", f"data_dir={tmp_path / 'birds'}", "logger=none",
+                     "selections=[paper]")
+    assert proc.returncode == 0, proc.stderr
+    assert read_results(tmp_path)["dataset"]["name"] == "MyBirds" and "eszsl on MyBirds" in proc.stdout
+    splits = tmp_path / "birds" / "splits.json"
+    splits.write_text(json.dumps({k: v for k, v in json.loads(splits.read_text()).items() if k != "name"}))
+    proc = zsl_train(tmp_path / "unnamed", "generator=eszsl", "dataset=byo", f"data_dir={tmp_path / 'birds'}",
+                     "logger=none", "selections=[paper]")
+    assert proc.returncode == 0, proc.stderr
+    assert read_results(tmp_path / "unnamed")["dataset"]["name"] == "birds"
+
+
 def test_data_under_a_benchmark_name_without_its_classes_is_warned_about(tmp_path, monkeypatch):
     from zsl_gen.data import make_synthetic
     from zsl_gen.data.byo import save_byo

@@ -170,8 +170,9 @@ class Generator:
     def prepare_semantics(self, semantics: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw class vectors ``(K, A)`` → the preprocessing the generator was trained with."""
         s = self.class_vectors(semantics)
-        if self.meta["preprocessing"].get("semantics", {}).get("l2"):
-            s = s / s.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if self.meta["preprocessing"].get("semantics", {}).get("l2"):  # as training's (protocol.l2_rows): float64
+            norms = s.double().norm(dim=1, keepdim=True)
+            s = (s.double() / torch.where(norms == 0, torch.ones_like(norms), norms)).float()
         return s
 
     @torch.no_grad()
@@ -185,7 +186,7 @@ class Generator:
             seed: noise seed: the same vectors (in the same order), count and seed give the same features. The
                 noise is drawn for all ``K * n_per_class`` rows at once, so a class's features also depend on the
                 other classes of the call.
-            space: ``"scaled"`` — the feature space the generator and the final classifier work in (MinMax
+            space: ``"scaled"`` — the feature space the generator works in (MinMax
                 scaled with the training statistics); ``"raw"`` — mapped back to the original feature scale.
 
         Returns:
@@ -202,7 +203,7 @@ class Generator:
         try:
             x = self.system.synthesize(torch.as_tensor(s, dtype=torch.float32).to(device), int(n_per_class), noise)
         except (MemoryError, RuntimeError) as err:
-            if not isinstance(err, MemoryError) and "memory" not in str(err) and "alloc" not in str(err):
+            if not isinstance(err, MemoryError) and not any(w in str(err) for w in ("memory", "alloc", "overflow")):
                 raise
             size = len(s) * int(n_per_class) * int(self.meta["feature_dim"]) * 4 / 2**30
             raise CheckpointError(f"n_per_class={n_per_class}: {len(s)} classes × {n_per_class} × "
@@ -212,8 +213,11 @@ class Generator:
         return unscale(x, self.meta["preprocessing"]) if space == "raw" else x
 
 
-def unscale(x: torch.Tensor, preprocessing: dict[str, Any]) -> torch.Tensor:
-    """Inverse of the MinMax feature scaling recorded in ``preprocessing`` (identity for 'none')."""
+def unscale(x: torch.Tensor | np.ndarray, preprocessing: dict[str, Any]) -> torch.Tensor | np.ndarray:
+    """Inverse of the MinMax feature scaling recorded in ``preprocessing`` (identity for 'none'): ``(N, D)``
+    scaled features -> ``(N, D)`` raw ones, a tensor for a tensor, an array for an array."""
+    if isinstance(x, np.ndarray):
+        return unscale(torch.from_numpy(x), preprocessing).numpy()
     feats = preprocessing.get("features", {})
     if feats.get("kind") != "minmax":
         return x
@@ -287,7 +291,7 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> G
                               f"in {WEIGHTS}'s header); restore the file or re-export the generator — to change "
                               "the classifier or the number of synthetic samples, pass them to zsl-eval instead")
     try:
-        system = cls(**meta["hparams"])
+        system = cls(**meta["hparams"]).float()  # float32 as trained, whatever torch's default dtype
         state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
         system.load_state_dict(state, strict=True)
     except (TypeError, RuntimeError, KeyError) as err:

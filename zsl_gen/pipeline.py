@@ -81,11 +81,16 @@ def print_and_log(message: str, *, error: bool = False) -> None:
     to_log_files(message, logging.ERROR if error else logging.INFO)
 
 
+BYO_DEFAULT_NAME = "custom"  # conf/dataset/byo.yaml's name when none is given
+
+
 def load_dataset(ds: DictConfig) -> RawDataset:
     """The raw dataset a ``dataset`` config names (simulated, xlsa17 ``.mat`` or bring-your-own)."""
     if ds.kind == "synthetic":
         return make_synthetic(**OmegaConf.to_container(ds.synthetic, resolve=True), name=ds.name)
-    return load_raw(Path(ds.data_dir).expanduser().resolve(), name=ds.name, features_file=ds.features_file,
+    # dataset=byo without a name given: the name the files record (splits.json's "name"), else the directory's
+    name = None if ds.name == BYO_DEFAULT_NAME else ds.name
+    return load_raw(Path(ds.data_dir).expanduser().resolve(), name=name, features_file=ds.features_file,
                     semantics_file=ds.semantics_file, semantic_key=ds.semantic_key,
                     semantic_space=ds.semantic_space)
 
@@ -741,7 +746,10 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
                 "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
                 "paper_selection": paper_rule,
                 "epochs": stopped_early["test"]["last_evaluated_epoch"] if "test" in stopped_early
-                else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True)})
+                else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True),
+                # zsl-eval syn_num=N then sets the batch size as zsl-train generator.syn_num=N would
+                "classifier_batch_size_follows_syn_num": OmegaConf.to_container(cfg.classifier, resolve=False)
+                .get("batch_size") == "${generator.syn_num}"})
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
         if split != "test":  # only the test split's generator is exported; an earlier split's system would sit
             system = trained = None  # beside the next one's training with its trainer's optimiser state

@@ -42,6 +42,31 @@ def report_user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def exit_on_sigterm(fn: F) -> F:
+    """Run ``fn`` with SIGTERM (``kill``, a batch system's time limit) raised as ``SystemExit(143)``, so that
+    the cleanup of a half-written output (``except BaseException``/``finally``) runs as for Ctrl-C; the
+    earlier handler is restored afterwards. Only in the main thread (where Python delivers signals)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+
+        def terminate(signum, frame):
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def override_key(override: str) -> str:
     """The key a Hydra command-line override sets, adds or deletes: ``++a.b=1``, ``+a.b=1``, ``~a.b`` → ``a.b``."""
     return override.split("=", 1)[0].lstrip("+~")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsl_gen.cli.common import check_output_path, report_user_errors
+from zsl_gen.cli.common import check_output_path, exit_on_sigterm, report_user_errors
 from zsl_gen.data import (
     RawDataset,
     download_dataset,
@@ -215,6 +215,7 @@ def _info(args) -> None:
 
 
 @report_user_errors
+@exit_on_sigterm
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``zsl-data``; user errors exit with status 2 and a one-line message."""
     args = _parser().parse_args(argv)

@@ -55,6 +55,16 @@ def command_line_keys(group: str, overrides) -> set[str]:
     return {override_key(o).split(".")[1] for o in overrides if override_key(o).startswith(group + ".")}
 
 
+def batch_size_follows_syn_num(meta: dict) -> bool:
+    """Whether the export's run set the final classifier's batch size by ``generator.syn_num`` (the
+    ``classifier/softmax.yaml`` default): then a ``syn_num`` given to zsl-eval sets it too, as it would have in
+    training. Exports older than the recorded flag: when the two were equal."""
+    follows = meta.get("classifier_batch_size_follows_syn_num")
+    if follows is None:
+        return (meta.get("classifier") or {}).get("batch_size") == meta.get("syn_num")
+    return bool(follows)
+
+
 def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[str] | frozenset = frozenset(),
                     explicit_dataset: set[str] | frozenset = frozenset()) -> dict:
     """Evaluate ``cfg.export`` on ``cfg.dataset``; write and return its results.
@@ -96,6 +106,8 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     OmegaConf.update(cfg, "syn_num", syn_num)
     if cfg.classifier_from_export and meta.get("classifier"):
         exported = {k: v for k, v in meta["classifier"].items() if k in cfg.classifier and k not in explicit_classifier}
+        if "batch_size" in exported and batch_size_follows_syn_num(meta):
+            exported["batch_size"] = syn_num  # as zsl-train generator.syn_num=N sets it (a syn_num given here)
         cfg.classifier = OmegaConf.merge(cfg.classifier, exported)
     check_bf16_hardware(cfg, device=str(cfg.device), fix=(
         "add classifier.precision=fp32" if cfg.classifier_from_export and "precision" not in explicit_classifier

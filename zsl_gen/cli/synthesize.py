@@ -16,14 +16,17 @@ Vectors are given raw; the generator applies its training preprocessing (e.g. L2
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from zsl_gen.cli.common import check_output_path, report_user_errors
+from zsl_gen.cli.common import check_output_path, exit_on_sigterm, report_user_errors
 from zsl_gen.data._io import sha256_file, temp_dir_beside
 from zsl_gen.errors import ConfigError, DataError
 
@@ -91,10 +94,11 @@ def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.
         names_file, matrix = path.with_name("classes.txt"), _load_npy(path)
     elif path.suffix == ".csv":
         names, rows = [], []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for line_no, cells in _csv_rows(path):
+            line = ",".join(cells)
             if not line.strip():
                 continue
-            name, *values = [c.strip() for c in line.split(",")]
+            name, *values = [c.strip() for c in cells]
             if not values:
                 raise DataError(f"{path}:{line_no}: no values after the class name; expected `name,v1,...,vA`, "
                                 f"comma-separated, got {line[:60]!r}")
@@ -128,11 +132,25 @@ def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.
     else:
         raise DataError(f"{path}: unsupported semantics file type {path.suffix!r} (use .csv, .npy, .mat or a "
                         "dataset directory)")
-    names = (names_file.read_text(encoding="utf-8-sig").splitlines() if names_file.is_file()
-             else [f"class_{i:03d}" for i in range(len(matrix))])
+    if names_file.is_file():
+        from zsl_gen.data.byo import read_class_names
+
+        names = read_class_names(names_file)  # as a bring-your-own dataset's: stripped, trailing blank lines dropped
+    else:
+        names = [f"class_{i:03d}" for i in range(len(matrix))]
     if len(names) != len(matrix):
         raise DataError(f"{names_file}: {len(names)} class names for {len(matrix)} semantic rows")
     return names, matrix
+
+
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of each record of a CSV file: quoted cells (R's write.csv, Python's QUOTE_NONNUMERIC)
+    lose their quotes and may hold commas."""
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
+    try:
+        return [(reader.line_num, cells) for cells in reader]
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({err}); expected `name,v1,...,vA` per line") from None
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -173,23 +191,39 @@ def check_output_dir(out: Path) -> None:
 def write_synthesis(out: Path, features: np.ndarray, labels: np.ndarray, semantics: np.ndarray,
                     names: list[str], provenance: dict) -> None:
     """Write the output directory atomically (a temp dir renamed into place); ``out`` must have passed
-    ``check_output_dir``: an existing one is replaced."""
+    ``check_output_dir``: an existing one is replaced (checked again first: files put there while the
+    features were synthesized are not deleted), by renames only, so that an interruption leaves the earlier
+    output or the new one, never a half-deleted mix."""
     tmp = temp_dir_beside(out)
+    old = None
     try:
-        np.save(tmp / "features.npy", features)
-        np.save(tmp / "labels.npy", labels)
-        np.save(tmp / "semantics.npy", semantics)
-        (tmp / "classes.txt").write_text("\n".join(names) + "\n")
-        (tmp / "synthesis.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        try:
+            np.save(tmp / "features.npy", features)
+            np.save(tmp / "labels.npy", labels)
+            np.save(tmp / "semantics.npy", semantics)
+            (tmp / "classes.txt").write_text("\n".join(names) + "\n")
+            (tmp / "synthesis.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        except OSError as err:  # a full disk, a file-size limit: numpy's short-write error names no file
+            raise DataError(f"out={out}: writing the output failed ({err.strerror or err}); check the free space "
+                            "and file-size limits of its file system, or give out= elsewhere; nothing was "
+                            "written there") from None
         if out.exists():
-            shutil.rmtree(out)
+            check_output_dir(out)
+            old = temp_dir_beside(out)
+            os.rename(out, old / out.name)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists() and (old / out.name).exists():
+            os.rename(old / out.name, out)  # the earlier output back in place
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @report_user_errors
+@exit_on_sigterm
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):

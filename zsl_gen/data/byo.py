@@ -91,6 +91,12 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     return arr
 
 
+def read_class_names(path: Path) -> list[str]:
+    """The class names of a ``classes.txt``: one per line, stripped, trailing blank lines dropped; empty or
+    repeated names are a ``DataError`` naming the file."""
+    return _read_classes(path)
+
+
 def _read_classes(path: Path) -> list[str]:
     require_file(path, "class list", "write one class name per line, " + _FIX)
     try:

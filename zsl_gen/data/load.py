@@ -30,7 +30,7 @@ def detect_format(data_dir: str | Path, *, features_file: str = "res101.mat",
 def load_raw(
     data_dir: str | Path,
     *,
-    name: str,
+    name: str | None,
     features_file: str = "res101.mat",
     semantics_file: str = "att_splits.mat",
     semantic_key: str = "att",
@@ -41,7 +41,8 @@ def load_raw(
 
     Args:
         data_dir: the dataset directory.
-        name: dataset name.
+        name: dataset name; None: a bring-your-own directory's own (``splits.json``'s ``"name"``, else the
+            directory's), an xlsa17 directory's name.
         features_file, semantics_file, semantic_key, semantic_space: as in ``load_xlsa17``.
         seed: seed of the BYO test_seen hold-out (class-name ``splits.json`` only).
 
@@ -53,6 +54,7 @@ def load_raw(
     fmt = detect_format(root, features_file=features_file, semantics_file=semantics_file)
     if fmt == "byo":
         return load_byo(root, name=name, seed=seed, semantic_space=semantic_space)
+    name = name or root.resolve().name
     if fmt == "xlsa17":
         return load_xlsa17(root, name=name, features_file=features_file, semantics_file=semantics_file,
                            semantic_key=semantic_key, semantic_space=semantic_space)

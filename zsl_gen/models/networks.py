@@ -344,7 +344,8 @@ def sample_features(decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
         ``(K * n, D)`` on ``device``: all ``n`` samples of class 0 first.
     """
     a = semantics.to(device).repeat_interleave(n_per_class, dim=0)
-    z = torch.randn(a.shape[0], noise_dim, generator=generator, device=device)
+    # float32 whatever the caller's torch.set_default_dtype: the same seed gives the same features
+    z = torch.randn(a.shape[0], noise_dim, generator=generator, device=device, dtype=torch.float32)
     out = None
     for i in range(0, a.shape[0], chunk):
         rows = decode(z[i:i + chunk], a[i:i + chunk])
