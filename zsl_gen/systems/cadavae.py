@@ -30,6 +30,7 @@ from zsl_gen.models.cadavae import SIGMA_MODES, ModalityVAE, reparameterize
 from zsl_gen.systems.base import GeneratorSystem, adam
 
 _ENCODE_CHUNK = 4096
+SYNTHESIS_CHUNK = 1024  # rows decoded at a time by synthesize (as networks.sample_features)
 
 
 class CADAVAE(GeneratorSystem):
@@ -201,7 +202,13 @@ class CADAVAE(GeneratorSystem):
             ``(K * n_per_class, D)`` features, class-major.
         """
         z = self.sample_semantic_latents(semantics, n_per_class, generator)
-        return self.feature_vae.decoder(z)
+        out = None
+        for i in range(0, z.shape[0], SYNTHESIS_CHUNK):  # bounded activations: (chunk, hidden) at a time
+            rows = self.feature_vae.decoder(z[i:i + SYNTHESIS_CHUNK])
+            if out is None:
+                out = rows.new_empty((z.shape[0], rows.shape[1]))
+            out[i:i + rows.shape[0]] = rows
+        return self.feature_vae.decoder(z) if out is None else out
 
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
