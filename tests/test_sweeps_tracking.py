@@ -343,9 +343,15 @@ def test_wandb_offline_multirun_makes_one_finished_run_per_job(tmp_path, monkeyp
         finished_runs.extend(wandb.run is None for logger in loggers if type(logger).__name__ == "WandbLogger")
 
     monkeypatch.setattr(zsl_gen.pipeline, "finish_loggers", finish_and_check)
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # where W&B stages artifact copies
     proc = zsl_multirun(tmp_path, "logger=wandb", "seed=0,1", *TINY, "selections=[paper]")
     assert proc.returncode == 0, proc.stderr
     assert finished_runs == [True, True] and wandb.run is None
+    # the export is logged as an artifact read in place: no copy of it per run left in W&B's staging directory
+    # (only W&B's own small copies of the results tables)
+    weights = (multi_dir := tmp_path / "multi" / "0" / "generator" / "generator.safetensors").stat().st_size
+    staged = [p.stat().st_size for p in (tmp_path / "wandb_data").rglob("*") if p.is_file()]
+    assert weights > 50_000 and all(size < 5_000 for size in staged), (multi_dir, staged)
     assert "anonymous setting" not in proc.stdout + proc.stderr  # no deprecation noise from Lightning's default
     multi = tmp_path / "multi"
     run_ids = []
@@ -385,8 +391,11 @@ def test_wandb_disabled_runs_without_writing_a_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
     proc = zsl_train(tmp_path, "logger=wandb", *TINY, "selections=[paper]")
     assert proc.returncode == 0, proc.stderr
+    assert not [p for p in (tmp_path / "wandb_data").rglob("*") if p.is_file()]  # nothing staged for a disabled run
+    assert not [p for p in (tmp_path / "home").rglob("*") if p.is_file() and "artifacts" in p.parts]
     assert results_of(tmp_path / "run")["config"]["logger"]["wandb"]["project"] == "zsl-gen"
     assert not list((tmp_path / "run").rglob("offline-run-*")) and not list((tmp_path / "run").rglob("run-*.wandb"))
 

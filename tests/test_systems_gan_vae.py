@@ -755,3 +755,34 @@ def test_no_update_in_backward_where_a_gradient_is_not_final_when_accumulated(pa
         system.generator(torch.randn(4, system.noise_dim), tiny_data.semantics[:4]).sum().backward()
     assert not any(torch.equal(b, p) for b, p in zip(before, system.generator.parameters()))
     assert all(p.grad is None for p in system.generator.parameters())
+
+
+class BatchRecorder(pl.Callback):
+    """The index batches each training step received, per epoch."""
+
+    def __init__(self):
+        self.batches: dict[int, list] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.setdefault(trainer.current_epoch, []).append(batch.clone())
+
+
+def test_overfit_batches_trains_on_the_same_batches_every_epoch(tiny_data):
+    recorder = BatchRecorder()
+    trainer(3, callbacks=[recorder], overfit_batches=2).fit(tiny_system("cvae", tiny_data))
+    assert len(recorder.batches) == 3 and all(len(b) == 2 for b in recorder.batches.values())
+    first = recorder.batches[0]
+    assert all(torch.equal(a, b) for epoch in (1, 2) for a, b in zip(first, recorder.batches[epoch]))
+    recorder = BatchRecorder()  # a normal run draws each epoch's batches afresh
+    trainer(2, callbacks=[recorder]).fit(tiny_system("cvae", tiny_data))
+    assert not torch.equal(recorder.batches[0][0], recorder.batches[1][0])
+
+
+def test_a_batch_size_beyond_the_training_samples_is_one_batch_of_all_of_them(tiny_data, caplog):
+    n = tiny_data.train_x.shape[0]
+    recorder = BatchRecorder()
+    with caplog.at_level("WARNING"):
+        trainer(1, callbacks=[recorder]).fit(tiny_system("cvae", tiny_data, batch_size=10 * n))
+    (batch,) = recorder.batches[0]  # one step, no sample repeated
+    assert batch.numel() == n and torch.equal(batch.flatten().sort().values, torch.arange(n))
+    assert f"batch_size={10 * n} exceeds the {n} training samples" in caplog.text

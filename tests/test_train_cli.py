@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,23 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.parametrize("system, named", [
+    ({"kl_start": "abc"}, "`generator.system.kl_start` must be an epoch, an integer >= 0, got 'abc'"),
+    ({"align_end": 2.5}, "`generator.system.align_end` must be an epoch"),
+    ({"cross_start": -1}, "`generator.system.cross_start` must be an epoch"),
+    ({"kl_start": 50, "kl_end": 10}, "`generator.system.kl_start`=50 and `kl_end`=10: the kl warm-up must end after"),
+])
+def test_cadavaes_warmup_windows_are_checked(system, named):
+    from zsl_gen.config import check_generator_system
+    from zsl_gen.errors import ConfigError
+
+    defaults = {"kl_start": 0, "kl_end": 93, "cross_start": 21, "cross_end": 75, "align_start": 6, "align_end": 22}
+    cfg = OmegaConf.create({"generator": {"name": "cadavae", "system": {**defaults, **system}}})
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        check_generator_system(cfg)
+    check_generator_system(OmegaConf.create({"generator": {"name": "cadavae", "system": defaults}}))
+
+
 @pytest.mark.parametrize("overrides, named", [
     (["generator.system.lr=0"], "`generator.system.lr` must be a number > 0"),
     (["generator.system.batch_size=0"], "`generator.system.batch_size` must be an integer >= 1, got 0"),
@@ -200,6 +218,37 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     (["+dataset.feature_scalng=none"], "`dataset.feature_scalng` is not a dataset setting"),
     (["+trainer.max_epochs=3"], "`trainer.max_epochs` is set by zsl-train itself and would be ignored; use "
                                 "generator.epochs=<n>"),
+    # the name selects code paths and labels the results: a free label would relabel the method or crash
+    (["generator.name=myrun"], "`generator.name`='myrun' is not a generator zsl-gen has"),
+    (["generator=fclswgan", "generator.name=cvae"], "but generator.system._target_=zsl_gen.systems.fclswgan.FCLSWGAN "
+                                                    "(generator=fclswgan's)"),
+    (["generator.name=eszsl"], "ESZSL has no generator network; use generator=eszsl"),
+    (["generator=fclswgan", "trainer.devices='2'"], "with generator=fclswgan: its WGAN critic"),  # "2" as a string
+    # settings that would cut the schedule behind the record's back, or that configure no loop of zsl-gen's
+    (["+trainer.max_time=00:00:00:03"], "`trainer.max_time` is not used by zsl-gen: generator.epochs=<n> sets the "
+                                        "schedule"),
+    (["+trainer.max_steps=1"], "`trainer.max_steps` is not used by zsl-gen"),
+    (["+trainer.check_val_every_n_epoch=2"], "`trainer.check_val_every_n_epoch` is not used by zsl-gen: eval_every"),
+    (["+trainer.limit_train_batches=0"], "split=val: training ended after epoch 0 of 2 without diverging"),
+    (["+trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: the evaluations (and their records) would stay"),
+    (["generator=fclswgan", "+trainer.accumulate_grad_batches=2"], "trainer settings: "),  # manual optimisation
+    (["trainer.precision=16-mixed"], "fp16 autocast is not supported: on a CPU Lightning silently runs bf16"),
+    (["trainer.precision=bf16-true"], "`trainer.precision`='bf16-true': the networks would be cast but not the data"),
+    (["trainer.precision=64"], "use precision=fp32 (32-true, the default) or precision=bf16"),
+    (["trainer.deterministic=abc"], "`trainer.deterministic` must be true, false or warn, got 'abc'"),
+    # whole numbers written as floats: refused with the integer to write (they failed deep in numpy and torch)
+    (["seed=5.0"], "`seed` must be an integer in [0, 4294967295], got 5.0 (set it on the command line, e.g. seed=5)"),
+    (["generator.syn_num=50.0"], "`generator.syn_num` must be an integer >= 1, got 50.0"),
+    (["generator.system.hidden_dim=64.0"], "`generator.system.hidden_dim` must be an integer >= 1, got 64.0"),
+    (["dataset.max_generator_epochs=-1"], "`dataset.max_generator_epochs` must be an integer >= 1, got -1"),
+    (["dataset.max_generator_epochs=abc"], "`dataset.max_generator_epochs` must be an integer >= 1"),
+    (["dataset.name=null"], "`dataset.name` must be a non-empty name, got None"),
+    (["dataset.synthetic.seed=-1"], "`dataset.synthetic.seed` must be an integer in [0, 4294967295], got -1"),
+    (["+dataset.synthetic.foo=1"], "`dataset.synthetic.foo` is not a simulator setting"),
+    (["dataset.synthetic=null"], "`dataset.synthetic` must hold the simulator's settings"),
+    (["dataset.synthetic.samples_per_class=2"], "every class has a single training sample for split=val"),
+    (["selections=null"], "`selections` must be a list such as [paper,val], got None"),
+    (["selections=5"], "`selections` must be a list such as [paper,val], got 5"),
 ])
 def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, overrides, named):
     proc = zsl_train(tmp_path, *TINY, "logger=none", *overrides)
@@ -220,6 +269,8 @@ def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, overrides, na
     (["generator.epoch=3"], "error: generator.epoch=3: `generator.epoch` is not a generator setting; did you mean "
                             "`generator.epochs`?"),
     (["eval_evry=2"], "did you mean `eval_every`?"),
+    (["generator=null"], "error: generator=null: the `generator` group cannot be left out (null); pick one of"),
+    (["trainer=null"], "the `trainer` group cannot be left out"),
 ])
 def test_typos_hydra_cannot_compose_are_one_line_before_hydra_starts(tmp_path, overrides, named):
     proc = zsl_train(tmp_path, *TINY, *overrides)

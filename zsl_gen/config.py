@@ -48,12 +48,14 @@ MAX_SEED = 2**32 - 1
 def _number(cfg: DictConfig, key: str, *, minimum: float, integer: bool = False, maximum: float | None = None) -> None:
     value = OmegaConf.select(cfg, key)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    ok = ok and value >= minimum and (not integer or float(value).is_integer())
+    ok = ok and value >= minimum and (not integer or isinstance(value, int))
     if not ok or (maximum is not None and value > maximum):
         kind = "an integer" if integer else "a number"
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        whole = integer and is_real(value) and float(value).is_integer() and value >= minimum  # 5.0: write 5
+        example = int(value) if whole else (int(minimum) if integer else minimum)
         raise ConfigError(f"config field `{key}` must be {kind} {bound}, got {value!r} "
-                          f"(set it on the command line, e.g. {key}={int(minimum) if integer else minimum})")
+                          f"(set it on the command line, e.g. {key}={example})")
 
 
 # generators whose critic updates set closed-form gradients (Critic.wgan_gp_backward), outside autograd
@@ -69,6 +71,26 @@ SYSTEM_NONNEGATIVE = ("lambda_gp", "cls_weight", "recons_weight", "a1", "a2", "g
                       "cross_max", "align_max")
 SYSTEM_FLAGS = ("adaptive_lambda", "amsgrad", "fused_adam", "encoded_noise", "encoder_bottleneck",
                 "encoder_default_betas", "freeze_decoder", "prior_feedback_from_recon", "shared_eps")
+
+
+# CADA-VAE's loss weights warmed up over epoch windows (<name>_start, <name>_end)
+WARMUPS = ("kl", "cross", "align")
+
+# generator.name selects code paths (ESZSL's closed form, the DDP guard of closed-form critics, the method label
+# of every result): it must name the system the config builds
+GENERATOR_SYSTEMS = {"cvae": "zsl_gen.systems.cvae.ConditionalVAE", "fclswgan": "zsl_gen.systems.fclswgan.FCLSWGAN",
+                     "fvaegan": "zsl_gen.systems.fvaegan.FVAEGAN", "tfvaegan": "zsl_gen.systems.tfvaegan.TFVAEGAN",
+                     "cadavae": "zsl_gen.systems.cadavae.CADAVAE", "eszsl": None}
+# trainer.precision values the systems are built and measured for (BENCHMARKS.md)
+TRAINER_PRECISIONS = ("32-true", "32", 32, "bf16-mixed")
+# Trainer arguments that would end or shape training behind the schedule's back, or that configure a Lightning
+# validation loop zsl-gen does not use (evaluation runs in a callback, every `eval_every` epochs)
+TRAINER_NOT_USED = {
+    "max_steps": "generator.epochs=<n> sets the schedule (a run cut short would be labelled with the whole one)",
+    "max_time": "generator.epochs=<n> sets the schedule (a run cut short would be labelled with the whole one)",
+    "check_val_every_n_epoch": "eval_every=<n> sets when the generator is evaluated (no Lightning validation loop)",
+    "val_check_interval": "eval_every=<n> sets when the generator is evaluated (no Lightning validation loop)",
+}
 
 
 def is_real(value: Any) -> bool:
@@ -89,18 +111,25 @@ def check_generator_system(cfg: DictConfig) -> None:
         elif key in SYSTEM_POSITIVE_INTS:
             if key == "noise_dim" and value is None:
                 continue
-            ok, want = is_real(value) and float(value).is_integer() and value >= 1, "an integer >= 1"
+            ok, want = is_real(value) and isinstance(value, int) and value >= 1, "an integer >= 1"
         elif key in SYSTEM_BETAS:
             ok, want = is_real(value) and 0 <= value < 1, "a number in [0, 1), e.g. 0.5"
         elif key in SYSTEM_NONNEGATIVE:
             ok, want = is_real(value) and value >= 0, "a finite number >= 0"
         elif key in SYSTEM_FLAGS:
             ok, want = isinstance(value, bool), "true or false"
+        elif key.endswith(("_start", "_end")) and key.split("_")[0] in WARMUPS:
+            ok, want = is_real(value) and isinstance(value, int) and value >= 0, "an epoch, an integer >= 0"
         else:
             continue
         if not ok:
             raise ConfigError(f"config field `{field}` must be {want}, got {value!r} (generator="
                               f"{cfg.generator.get('name')})")
+    for weight in WARMUPS:  # a window that ends before it starts would warm the weight down
+        start, end = system.get(f"{weight}_start"), system.get(f"{weight}_end")
+        if isinstance(start, int) and isinstance(end, int) and end <= start:
+            raise ConfigError(f"config fields `generator.system.{weight}_start`={start} and `{weight}_end`={end}: "
+                              f"the {weight} warm-up must end after it starts (end > start)")
 
 
 # The groups whose every key zsl-gen's own code reads: a key none of their configs has (`+generator.epoch=3`,
@@ -158,6 +187,9 @@ def check_known_fields(cfg: DictConfig, config_name: str = "train") -> None:
             use = TRAINER_SET_BY_ZSL_TRAIN[key]
             raise ConfigError(f"config field `trainer.{key}` is set by zsl-train itself and would be ignored; "
                               + (f"use {use}" if use else "remove it"))
+        if key in TRAINER_NOT_USED and cfg.trainer.get(key) is not None:
+            raise ConfigError(f"config field `trainer.{key}` is not used by zsl-gen: {TRAINER_NOT_USED[key]}; "
+                              "remove it")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -181,11 +213,14 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_device_available(accelerator, f"trainer.accelerator={accelerator}",
                            "use trainer=cpu, or install torch's CUDA build on a machine with an NVIDIA GPU "
                            "(README, Install variants)")
+    check_trainer_settings(cfg)
     check_bf16_hardware(cfg)
-    selections = list(cfg.selections)
     if isinstance(cfg.selections, str):
         raise ConfigError(f"config field `selections` must be a list, got the string {cfg.selections!r}: write "
                           f"selections=[{cfg.selections}]")
+    if not OmegaConf.is_list(cfg.selections):
+        raise ConfigError(f"config field `selections` must be a list such as [paper,val], got {cfg.selections!r}")
+    selections = list(cfg.selections)
     if not selections or any(s not in SELECTIONS for s in selections):
         raise ConfigError(f"config field `selections` must be a non-empty subset of {list(SELECTIONS)}, "
                           f"got {selections}")
@@ -196,9 +231,13 @@ def validate_train_config(cfg: DictConfig) -> None:
                           "best epoch on test; best_at_last_epoch: the best classifier epoch of the last generator "
                           "epoch on test, f-CLSWGAN's; last: the last epoch, CADA-VAE's protocol), got "
                           f"{cfg.paper_selection!r}")
+    check_generator_name(cfg)
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    if "spawn" in strategy or "fork" in strategy:
+        raise ConfigError(f"trainer.strategy={strategy}: the evaluations (and their records) would stay in the "
+                          "started processes; use trainer=ddp_cpu (strategy=ddp), or one process per job")
     devices, nodes = (OmegaConf.select(cfg, f"trainer.{k}", default=1) for k in ("devices", "num_nodes"))
-    several = any(isinstance(n, int) and not isinstance(n, bool) and n > 1 for n in (devices, nodes))
+    several = any(process_count(n) > 1 for n in (devices, nodes))
     if (several or any(k in strategy for k in ("ddp", "fsdp", "deepspeed"))) and \
             cfg.generator.name in CLOSED_FORM_CRITICS:
         raise ConfigError(
@@ -209,12 +248,90 @@ def validate_train_config(cfg: DictConfig) -> None:
             "seeds or sweep points side by side, one GPU per job (e.g. -m hydra/launcher=slurm_gpu trainer=gpu).")
     if cfg.dataset.kind not in ("synthetic", "files"):
         raise ConfigError(f"config field `dataset.kind` must be 'synthetic' or 'files', got {cfg.dataset.kind!r}")
+    check_dataset_settings(cfg)
     if cfg.generator.name != "eszsl":
         _number(cfg, "generator.epochs", minimum=1, integer=True)
         _number(cfg, "generator.syn_num", minimum=1, integer=True)
         if cfg.generator.get("system") is None:
             raise ConfigError("config field `generator.system` is empty: pick a generator, e.g. generator=cvae")
         check_generator_system(cfg)
+
+
+def process_count(value: Any) -> int:
+    """How many devices (or nodes) a ``trainer.devices``/``num_nodes`` value asks for: ``2``, ``"2"``, ``[0, 1]``,
+    ``"0,1"`` and ``-1`` (all: counted as several) → more than one; ``1``, ``[0]``, ``"auto"`` → one."""
+    if OmegaConf.is_list(value) or isinstance(value, (list, tuple)):
+        return len(value)
+    text = str(value).strip()
+    if "," in text:
+        return len([part for part in text.split(",") if part.strip()])
+    try:
+        count = int(text)
+    except ValueError:
+        return 1  # "auto" and the like: Lightning picks one device on a CPU
+    return count if count >= 0 else 2
+
+
+def check_generator_name(cfg: DictConfig) -> None:
+    """``generator.name`` must be a generator zsl-gen has and name the system the config builds: it selects
+    code paths and labels every result (``generator.name=myrun`` would relabel the method and skip its checks)."""
+    name = cfg.generator.get("name")
+    target = OmegaConf.select(cfg, "generator.system._target_", default=None)
+    if name not in GENERATOR_SYSTEMS:
+        raise ConfigError(f"config field `generator.name`={name!r} is not a generator zsl-gen has "
+                          f"({', '.join(GENERATOR_SYSTEMS)}); {did_you_mean(name, GENERATOR_SYSTEMS)}it selects the "
+                          "method's code and labels its results: pick one with generator=<name> (to tell runs "
+                          "apart, use the run directory: hydra.run.dir=...)")
+    if GENERATOR_SYSTEMS[name] is not None and target is not None and target != GENERATOR_SYSTEMS[name]:
+        owner = next((n for n, t in GENERATOR_SYSTEMS.items() if t == target), None)
+        raise ConfigError(f"config field `generator.name`={name} but generator.system._target_={target}"
+                          + (f" (generator={owner}'s)" if owner else "") + ": the name must be the system's; "
+                          "pick the generator with generator=<name>")
+    if GENERATOR_SYSTEMS[name] is None and target is not None:
+        raise ConfigError(f"config field `generator.name`=eszsl but generator.system._target_={target}: ESZSL has no "
+                          "generator network; use generator=eszsl")
+
+
+def check_trainer_settings(cfg: DictConfig) -> None:
+    """``trainer.precision`` and ``trainer.deterministic``: values the systems run with, named otherwise."""
+    precision = OmegaConf.select(cfg, "trainer.precision", default="32-true")
+    if precision not in TRAINER_PRECISIONS:
+        why = ("fp16 autocast is not supported: on a CPU Lightning silently runs bf16 instead, and the WGAN critics' "
+               "closed-form gradients bypass fp16's loss scaling" if str(precision).startswith("16") else
+               "the networks would be cast but not the data they read" if str(precision).endswith("-true") or
+               str(precision) == "64" else "not a precision zsl-gen runs")
+        raise ConfigError(f"config field `trainer.precision`={precision!r}: {why}; use precision=fp32 (32-true, the "
+                          "default) or precision=bf16 (bf16-mixed)")
+    deterministic = OmegaConf.select(cfg, "trainer.deterministic", default=None)
+    if deterministic not in (None, True, False, "warn"):
+        raise ConfigError(f"config field `trainer.deterministic` must be true, false or warn, got {deterministic!r}")
+
+
+# dataset.synthetic's fields: make_synthetic's arguments (it checks their ranges itself)
+SYNTHETIC_FIELDS = ("n_classes", "n_unseen", "n_val_classes", "semantic_dim", "feature_dim", "samples_per_class",
+                    "seed")
+
+
+def check_dataset_settings(cfg: DictConfig) -> None:
+    """``dataset.name``, ``dataset.max_generator_epochs`` and a simulated dataset's ``dataset.synthetic``."""
+    name = cfg.dataset.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"config field `dataset.name` must be a non-empty name, got {name!r}")
+    cap = cfg.dataset.get("max_generator_epochs")
+    if cap is not None:
+        _number(cfg, "dataset.max_generator_epochs", minimum=1, integer=True)
+    if cfg.dataset.kind != "synthetic":
+        return
+    synthetic = cfg.dataset.get("synthetic")
+    if not OmegaConf.is_dict(synthetic):
+        raise ConfigError(f"config field `dataset.synthetic` must hold the simulator's settings "
+                          f"({', '.join(SYNTHETIC_FIELDS)}), got {synthetic!r}")
+    for key in synthetic:
+        if key not in SYNTHETIC_FIELDS:
+            raise ConfigError(f"config field `dataset.synthetic.{key}` is not a simulator setting; "
+                              f"{did_you_mean(key, SYNTHETIC_FIELDS)}the settings are {', '.join(SYNTHETIC_FIELDS)}")
+        _number(cfg, f"dataset.synthetic.{key}", minimum=0, integer=True,
+                maximum=MAX_SEED if key == "seed" else None)
 
 
 def check_device_available(device: str, field: str, fix: str) -> None:

@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, RunConfigInCheckpoint,
                               StreamingCheckpointIO, progress_callbacks)
@@ -87,7 +88,10 @@ BYO_DEFAULT_NAME = "custom"  # conf/dataset/byo.yaml's name when none is given
 def load_dataset(ds: DictConfig) -> RawDataset:
     """The raw dataset a ``dataset`` config names (simulated, xlsa17 ``.mat`` or bring-your-own)."""
     if ds.kind == "synthetic":
-        return make_synthetic(**OmegaConf.to_container(ds.synthetic, resolve=True), name=ds.name)
+        raw = make_synthetic(**OmegaConf.to_container(ds.synthetic, resolve=True), name=ds.name)
+        if ds.get("semantic_space") is not None:  # the label the config gives the simulated vectors
+            raw.semantic_space = str(ds.semantic_space)
+        return raw
     # dataset=byo without a name given: the name the files record (splits.json's "name"), else the directory's
     name = None if ds.name == BYO_DEFAULT_NAME else ds.name
     return load_raw(Path(ds.data_dir).expanduser().resolve(), name=name, features_file=ds.features_file,
@@ -240,11 +244,22 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
                                 kept="last.ckpt" if kept == ckpt_dir / "last.ckpt" else kept)
         log.warning(stopped["message"])
         system = load_system(cfg, data, kept)
+    except MisconfigurationException as err:  # a trainer.* setting Lightning refuses once fit starts
+        finish_loggers(loggers)
+        raise ConfigError(f"trainer settings: {str(err).strip().splitlines()[0]} (generator={cfg.generator.name}); "
+                          "change or remove the trainer.* setting it names") from None
     except BaseException:
         finish_loggers(loggers)
         raise
     else:
         stopped = None
+        if trainer.current_epoch < generator_epochs(cfg):  # a Lightning setting or signal ended fit early
+            finish_loggers(loggers)
+            raise ConfigError(
+                f"split={data.split}: training ended after epoch {trainer.current_epoch} of "
+                f"{generator_epochs(cfg)} without diverging (a trainer.* setting such as limit_train_batches=0 "
+                "ended it): its results would be labelled with the whole schedule; remove that setting, or set "
+                "generator.epochs to what should run")
         # the checkpoints hold the optimiser state and nothing after training reads it: dropped, it leaves room
         # for the export's copy of the weights (tf-VAEGAN at AWA2: 557 MB of Adam moments)
         for optimizer in trainer.optimizers:

@@ -96,8 +96,11 @@ def log_final_results(loggers: list[Any], results: dict[str, Any], export_dir: P
         logger.log_table("results", columns=["selection", "S", "U", "H", "T1", "chosen_on"], data=rows)
         for name, sel in results["results"].items():
             logger.experiment.summary.update({f"{name}/{k}": v for k, v in {**sel["gzsl"], **sel["zsl"]}.items()})
-        if Path(export_dir).is_dir():
+        # a disabled run keeps nothing: staging the export would only leave a copy under ~/.local/share/wandb
+        if Path(export_dir).is_dir() and not getattr(logger.experiment, "disabled", False):
             artifact = wandb.Artifact(f"generator-{results['method']}-{results['dataset']['name']}", type="model",
                                       metadata={"seed": results["seed"], "dataset": results["dataset"]["name"]})
-            artifact.add_dir(str(export_dir))
+            # immutable: the export is never rewritten, so W&B reads it in place instead of copying it to its
+            # staging directory (a copy per run: 20-300 MB each, never removed)
+            artifact.add_dir(str(export_dir), policy="immutable")
             logger.experiment.log_artifact(artifact)

@@ -72,6 +72,17 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def optional_groups(config_name: str) -> set[str]:
+    """The groups ``conf/<config_name>.yaml`` composes as ``null`` by default (``experiment``, ``debug``, ...):
+    the only ones that ``<group>=null`` may leave out."""
+    from omegaconf import OmegaConf
+
+    from zsl_gen.config import CONF_DIR
+
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml")).get("defaults", [])
+    return {k for d in defaults if isinstance(d, dict) for k, v in d.items() if v is None}
+
+
 def check_overrides(argv: list[str], config_name: str) -> None:
     """Before Hydra composes ``conf/<config_name>.yaml``: a group choice ``conf/`` lacks (``generator=fclswgen``)
     or a key no config has (``classifer.epochs=3``, ``generator.epoch=3``) is one ``error:`` line with the
@@ -87,6 +98,7 @@ def check_overrides(argv: list[str], config_name: str) -> None:
         return  # configs from elsewhere, or a Hydra command that takes no overrides: Hydra's to check
     groups = set(config_groups(config_name)) - {"hydra"}
     fields = known_fields(config_name)
+    optional = optional_groups(config_name)
 
     def refuse(arg: str, message: str) -> None:
         print(f"error: {arg}: {message}", file=sys.stderr)
@@ -103,6 +115,8 @@ def check_overrides(argv: list[str], config_name: str) -> None:
                 continue
             choices = sorted(f.stem for f in (CONF_DIR / key).glob("*.yaml"))
             for choice in value.split(","):
+                if choice.strip() == "null" and key not in optional:
+                    refuse(arg, f"the `{key}` group cannot be left out (null); pick one of {', '.join(choices)}")
                 if choice.strip() not in (*choices, "null"):
                     hint = did_you_mean(choice.strip(), choices, lambda close: f"{key}={close}")
                     refuse(arg, f"no `{choice.strip()}` in conf/{key}/; {hint}the choices are {', '.join(choices)}")

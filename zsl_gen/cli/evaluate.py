@@ -32,9 +32,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     """zsl-eval's own settings, each named with what it must be (before anything is loaded)."""
     from zsl_gen.errors import ConfigError
 
-    if OmegaConf.is_missing(cfg, "export"):
+    if OmegaConf.is_missing(cfg, "export") or not isinstance(cfg.get("export"), str) or not cfg.export.strip():
         raise ConfigError("no generator given: zsl-eval generator=<run dir>/generator (the directory zsl-train "
-                          "exported)")
+                          f"exported){'' if OmegaConf.is_missing(cfg, 'export') else f', got export={cfg.export!r}'}")
     from zsl_gen.config import MAX_SEED
 
     for key, minimum, maximum in (("seed", 0, MAX_SEED), ("syn_num", 1, None)):

@@ -165,6 +165,12 @@ def protocol_indices(
                             "dataset.val_excludes_test=true (no test image in split=val) nothing is left; check the "
                             "split lists, or set dataset.val_excludes_test=false to use them as they are")
     train, held = per_class_holdout(train_rows, raw.labels, frac, np.random.default_rng(seed))
+    if held.size == 0:  # S on split=val would be the mean over no sample (NaN), after split=val had trained
+        origin = origin_of(raw)
+        raise DataError(f"{origin.loc('train')}: every class has a single training sample for split=val"
+                        + (" (its samples that are also in trainval)" if val_excludes_test else "")
+                        + ", so none is left to hold out as split=val's seen evaluation set; give the classes more "
+                        "samples, or run only the test split: selections=[paper]")
     return train, held, val_rows
 
 

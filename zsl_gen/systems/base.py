@@ -10,6 +10,7 @@ are index tensors drawn by ``IndexBatches``, no DataLoader workers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Any, Callable, Iterable, Iterator
 
@@ -22,6 +23,8 @@ from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import ConfigError
 from zsl_gen.eval.types import ClassifierInputs
 from zsl_gen.runtime import release_freed_memory
+
+log = logging.getLogger(__name__)
 
 
 class IndexBatches(IterableDataset):
@@ -223,10 +226,22 @@ class GeneratorSystem(pl.LightningModule):
         """Training steps per epoch: one per ``batch_size`` training samples (as the papers' loops)."""
         return max(1, math.ceil(self.data.train_x.shape[0] / self.batch_size))
 
+    def effective_batch_size(self) -> int:
+        """``batch_size``, or every training sample where there are fewer: a larger batch would repeat samples
+        within one batch (the official loops give a batch of all the samples then)."""
+        return min(int(self.batch_size), int(self.data.train_x.shape[0]))
+
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer else (0, 1)
-        batches = IndexBatches(self.data.train_x.shape[0], self.batch_size, self.steps_per_epoch(),
-                               self.draws_per_step, self.sampling_seed, lambda: self.current_epoch, rank, world)
+        n = self.data.train_x.shape[0]
+        if self.batch_size > n:
+            log.warning("generator.system.batch_size=%s exceeds the %d training samples (split=%s): each batch holds "
+                        "all %d of them", self.batch_size, n, self.data.split, n)
+        # debug=overfit (trainer.overfit_batches): the same batches every epoch, not each epoch's first ones
+        overfit = bool(self._trainer and self.trainer.overfit_batches)
+        batches = IndexBatches(n, self.effective_batch_size(), self.steps_per_epoch(), self.draws_per_step,
+                               self.sampling_seed, (lambda: 0) if overfit else (lambda: self.current_epoch),
+                               rank, world)
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
