@@ -482,3 +482,13 @@ def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path, no_wandb):
     assert f"error: every trial of the search failed, so there are no best parameters: the failures are above and in " \
            f"{tmp_path / 'multi'}/<trial>/error.txt" in proc.stderr
     assert (tmp_path / "multi" / "0" / "error.txt").is_file() and (tmp_path / "multi" / "1" / "error.txt").is_file()
+
+
+def test_a_search_of_another_generators_settings_is_refused(tmp_path, no_wandb):
+    proc = zsl_train(tmp_path, "hparams_search=cvae", "generator=fclswgan", "hydra.sweeper.n_trials=1",
+                     f"hydra.sweep.dir={tmp_path / 'multi'}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (error,) = (tmp_path / "multi").rglob("error.txt")
+    assert "hparams_search=cvae searches cvae's settings, but the generator is fclswgan: use " \
+           "hparams_search=fclswgan" in error.read_text()
+    assert not list((tmp_path / "multi").rglob("results.json")) and not list((tmp_path / "multi").rglob("*.ckpt"))

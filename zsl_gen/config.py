@@ -232,6 +232,7 @@ def validate_train_config(cfg: DictConfig) -> None:
                           "epoch on test, f-CLSWGAN's; last: the last epoch, CADA-VAE's protocol), got "
                           f"{cfg.paper_selection!r}")
     check_generator_name(cfg)
+    check_search_generator(cfg)
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
     if "spawn" in strategy or "fork" in strategy:
         raise ConfigError(f"trainer.strategy={strategy}: the evaluations (and their records) would stay in the "
@@ -290,6 +291,20 @@ def check_generator_name(cfg: DictConfig) -> None:
     if GENERATOR_SYSTEMS[name] is None and target is not None:
         raise ConfigError(f"config field `generator.name`=eszsl but generator.system._target_={target}: ESZSL has no "
                           "generator network; use generator=eszsl")
+
+
+def check_search_generator(cfg: DictConfig) -> None:
+    """``hparams_search=<name>`` searches that generator's settings: with another generator (``hparams_search=cvae
+    generator=fclswgan``, or an experiment of another method) the trials would sample a space that is not its."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    search = HydraConfig.get().runtime.choices.get("hparams_search")
+    if search not in (None, "null") and search != cfg.generator.name:
+        raise ConfigError(f"hparams_search={search} searches {search}'s settings, but the generator is "
+                          f"{cfg.generator.name}: use hparams_search={cfg.generator.name}, or leave generator= (and "
+                          "an experiment of another method) out")
 
 
 def check_trainer_settings(cfg: DictConfig) -> None:
