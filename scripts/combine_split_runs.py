@@ -97,7 +97,8 @@ def code_differences(val: dict, test: dict) -> list[str]:
     """A warning when the two jobs ran on different code (a fix or an upgrade between them): the combined
     numbers then mix two versions, which zsl-report's notes show; an empty list otherwise."""
     codes = [{k: (record.get("versions") or {}).get(k) for k in CODE_KEYS} for record in (val, test)]
-    differ = [f"{k}: {codes[0][k]!r} != {codes[1][k]!r}" for k in CODE_KEYS if codes[0][k] != codes[1][k]]
+    differ = [f"{k}: {codes[0][k]!r} != {codes[1][k]!r}" for k in CODE_KEYS  # (unrecorded: nothing to compare)
+              if codes[0][k] is not None and codes[1][k] is not None and codes[0][k] != codes[1][k]]
     if not differ:
         return []
     return [f"the val and test runs ran on different code ({'; '.join(differ)}): the val selection reads one "

@@ -307,3 +307,15 @@ def test_the_embedded_simulator_under_a_benchmark_name_is_noted_but_not_under_it
     assert is_simulated({"name": "CUB", "kind": "synthetic"}) and not is_simulated({"name": "synthetic", "kind": "synthetic"})
     assert not is_simulated({"name": "CUB", "kind": "files"})
     assert is_simulated({"name": "CUB", "kind": "files", "features_note": "simulated"})
+
+
+def test_a_result_without_recorded_versions_is_not_counted_as_other_code(tmp_path, capsys):
+    for seed in range(2):
+        write_result(tmp_path / "multi" / str(seed), seed=seed)
+    path = tmp_path / "multi" / "1" / "results.json"
+    record = json.loads(path.read_text())
+    record["versions"] = {"zsl_gen": "0.1.0", "git_commit": "a" * 40, "torch": "2.13.0"}
+    path.write_text(json.dumps(record))
+    main([str(tmp_path / "multi")])
+    out = capsys.readouterr().out
+    assert "code versions" not in out and "different code" not in out and "| notes |" not in out

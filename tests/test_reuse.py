@@ -976,3 +976,18 @@ def test_the_apis_preprocessing_equals_trainings(trained):
     assert torch.equal(raw, generator.synthesize(vectors[:2], 3, seed=0, prepared=True, space="raw"))
     with pytest.raises(CheckpointError, match=r"do not fit in cpu memory"):
         generator.synthesize(vectors[:2], 2**62)  # too many rows to count: the same one line
+
+
+def test_eval_records_and_logs_its_warnings_and_takes_a_numeric_directory_name(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    shutil.copytree(trained["export"], tmp_path / "2024")  # `generator=2024` parses as a number
+    proc = zsl_eval(tmp_path, "generator=2024", "dataset.name=CUB")  # the simulated set labelled as CUB
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["generator"]["path"] == str((tmp_path / "2024").resolve())
+    (warning,) = results["warnings"]
+    assert warning.startswith("dataset CUB: 30 seen / 10 unseen classes, but CUB has 150 / 50")
+    assert warning == results["dataset"]["warning"] and warning in (tmp_path / "eval" / "evaluate.log").read_text()
+    from zsl_gen.cli.report import main as report
+
+    report([str(tmp_path / "eval")])  # zsl-report's notes see it as a zsl-train run's

@@ -446,13 +446,15 @@ def test_debug_configs_compose(debug, expected):
     assert cfg.generator.name == "fclswgan"  # the debug overlay keeps the chosen generator
 
 
-def test_debug_fdr_runs_end_to_end(tmp_path, no_wandb):
-    proc = zsl_train(tmp_path, "debug=fdr", "generator.system.hidden_dim=64", "generator.syn_num=50")
+@pytest.mark.parametrize("epochs", [[], ["generator.epochs=2"]])  # fast_dev_run ends any schedule after one step
+def test_debug_fdr_runs_end_to_end(tmp_path, no_wandb, epochs):
+    proc = zsl_train(tmp_path, "debug=fdr", "generator.system.hidden_dim=64", "generator.syn_num=50", *epochs)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     results = results_of(run)
     assert set(results["results"]) == {"paper", "val"}
-    assert results["config"]["trainer"]["fast_dev_run"] is True and results["protocol"]["generator_epochs"] == 1
+    assert results["config"]["trainer"]["fast_dev_run"] is True
+    assert results["protocol"]["generator_epochs"] == (2 if epochs else 1)
     curves = json.loads((run / "curves.json").read_text())
     assert curves["test"]["epochs"] == [1] and curves["test"]["rows"] == ["classifier epoch 1"]
     assert (run / "generator" / "generator.yaml").is_file()
@@ -492,3 +494,13 @@ def test_a_search_of_another_generators_settings_is_refused(tmp_path, no_wandb):
     assert "hparams_search=cvae searches cvae's settings, but the generator is fclswgan: use " \
            "hparams_search=fclswgan" in error.read_text()
     assert not list((tmp_path / "multi").rglob("results.json")) and not list((tmp_path / "multi").rglob("*.ckpt"))
+
+
+def test_a_search_with_an_experiment_of_another_method_is_refused(tmp_path, no_wandb):
+    # the search's generator wins over the experiment's: cadavae would run with cvae_cub's recipe
+    proc = zsl_train(tmp_path, "hparams_search=cadavae", "experiment=cvae_cub", "hydra.sweeper.n_trials=1",
+                     f"hydra.sweep.dir={tmp_path / 'multi'}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (error,) = (tmp_path / "multi").rglob("error.txt")
+    assert "hparams_search=cadavae with experiment=cvae_cub: the search trains cadavae with cvae's recipe; use " \
+           "experiment=cadavae_cub" in error.read_text()

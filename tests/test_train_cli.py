@@ -175,7 +175,8 @@ def test_bf16_without_bf16_hardware_is_refused_in_one_line(tmp_path, monkeypatch
     ({"kl_start": "abc"}, "`generator.system.kl_start` must be an epoch, an integer >= 0, got 'abc'"),
     ({"align_end": 2.5}, "`generator.system.align_end` must be an epoch"),
     ({"cross_start": -1}, "`generator.system.cross_start` must be an epoch"),
-    ({"kl_start": 50, "kl_end": 10}, "`generator.system.kl_start`=50 and `kl_end`=10: the kl warm-up must end after"),
+    ({"kl_start": 50, "kl_end": 10}, "`generator.system.kl_start`=50 and `kl_end`=10: the kl warm-up must not end "
+                                     "before it starts"),
 ])
 def test_cadavaes_warmup_windows_are_checked(system, named):
     from zsl_gen.config import check_generator_system
@@ -186,6 +187,23 @@ def test_cadavaes_warmup_windows_are_checked(system, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
         check_generator_system(cfg)
     check_generator_system(OmegaConf.create({"generator": {"name": "cadavae", "system": defaults}}))
+    # a window of no width is a step to the full weight (losses.cada.warmup)
+    check_generator_system(OmegaConf.create({"generator": {"name": "cadavae", "system": {**defaults, "kl_end": 0}}}))
+
+
+def test_trainer_settings_lightning_aliases_and_device_counts(monkeypatch):
+    import torch
+
+    from zsl_gen.config import check_trainer_settings, process_count
+
+    for precision in ("32-true", "32", 32, "bf16-mixed", "bf16"):  # bf16: Lightning's alias of bf16-mixed
+        check_trainer_settings(OmegaConf.create({"trainer": {"precision": precision}}))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [process_count(v, "gpu") for v in (1, "1", [0], "0,1", [0, 1, 2], -1, "-1", "auto", 3)] == \
+        [1, 1, 1, 2, 3, 4, 4, 4, 3]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert process_count(-1, "gpu") == 1 and process_count("auto", "gpu") == 1  # one GPU: one process
+    assert process_count("auto", "cpu") == 1 and process_count(-1, "cpu") == (os.cpu_count() or 1)
 
 
 @pytest.mark.parametrize("overrides, named", [
@@ -231,6 +249,7 @@ def test_cadavaes_warmup_windows_are_checked(system, named):
     (["+trainer.check_val_every_n_epoch=2"], "`trainer.check_val_every_n_epoch` is not used by zsl-gen: eval_every"),
     (["+trainer.limit_train_batches=0"], "split=val: training ended after epoch 0 of 2 without diverging"),
     (["+trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: the evaluations (and their records) would stay"),
+    (["+trainer.strategy=ddp_notebook"], "trainer.strategy=ddp_notebook: the evaluations"),  # Lightning's ddp_fork
     (["generator=fclswgan", "+trainer.accumulate_grad_batches=2"], "trainer settings: "),  # manual optimisation
     (["trainer.precision=16-mixed"], "fp16 autocast is not supported: on a CPU Lightning silently runs bf16"),
     (["trainer.precision=bf16-true"], "`trainer.precision`='bf16-true': the networks would be cast but not the data"),

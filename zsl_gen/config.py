@@ -82,7 +82,7 @@ GENERATOR_SYSTEMS = {"cvae": "zsl_gen.systems.cvae.ConditionalVAE", "fclswgan": 
                      "fvaegan": "zsl_gen.systems.fvaegan.FVAEGAN", "tfvaegan": "zsl_gen.systems.tfvaegan.TFVAEGAN",
                      "cadavae": "zsl_gen.systems.cadavae.CADAVAE", "eszsl": None}
 # trainer.precision values the systems are built and measured for (BENCHMARKS.md)
-TRAINER_PRECISIONS = ("32-true", "32", 32, "bf16-mixed")
+TRAINER_PRECISIONS = ("32-true", "32", 32, "bf16-mixed", "bf16")  # bf16: Lightning's alias of bf16-mixed
 # Trainer arguments that would end or shape training behind the schedule's back, or that configure a Lightning
 # validation loop zsl-gen does not use (evaluation runs in a callback, every `eval_every` epochs)
 TRAINER_NOT_USED = {
@@ -127,9 +127,9 @@ def check_generator_system(cfg: DictConfig) -> None:
                               f"{cfg.generator.get('name')})")
     for weight in WARMUPS:  # a window that ends before it starts would warm the weight down
         start, end = system.get(f"{weight}_start"), system.get(f"{weight}_end")
-        if isinstance(start, int) and isinstance(end, int) and end <= start:
+        if isinstance(start, int) and isinstance(end, int) and end < start:  # (end = start: full weight at once)
             raise ConfigError(f"config fields `generator.system.{weight}_start`={start} and `{weight}_end`={end}: "
-                              f"the {weight} warm-up must end after it starts (end > start)")
+                              f"the {weight} warm-up must not end before it starts (end >= start)")
 
 
 # The groups whose every key zsl-gen's own code reads: a key none of their configs has (`+generator.epoch=3`,
@@ -234,11 +234,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_generator_name(cfg)
     check_search_generator(cfg)
     strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
-    if "spawn" in strategy or "fork" in strategy:
+    if any(k in strategy for k in ("spawn", "fork", "notebook")):  # ddp_notebook is Lightning's ddp_fork
         raise ConfigError(f"trainer.strategy={strategy}: the evaluations (and their records) would stay in the "
                           "started processes; use trainer=ddp_cpu (strategy=ddp), or one process per job")
     devices, nodes = (OmegaConf.select(cfg, f"trainer.{k}", default=1) for k in ("devices", "num_nodes"))
-    several = any(process_count(n) > 1 for n in (devices, nodes))
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    several = process_count(devices, accelerator) > 1 or process_count(nodes, "cpu") > 1
     if (several or any(k in strategy for k in ("ddp", "fsdp", "deepspeed"))) and \
             cfg.generator.name in CLOSED_FORM_CRITICS:
         raise ConfigError(
@@ -258,19 +259,28 @@ def validate_train_config(cfg: DictConfig) -> None:
         check_generator_system(cfg)
 
 
-def process_count(value: Any) -> int:
-    """How many devices (or nodes) a ``trainer.devices``/``num_nodes`` value asks for: ``2``, ``"2"``, ``[0, 1]``,
-    ``"0,1"`` and ``-1`` (all: counted as several) → more than one; ``1``, ``[0]``, ``"auto"`` → one."""
+def process_count(value: Any, accelerator: str = "cpu") -> int:
+    """How many processes a ``trainer.devices`` (or ``num_nodes``) value starts: ``2``, ``"2"``, ``[0, 1]``,
+    ``"0,1"`` → 2; ``1``, ``[0]`` → 1; ``-1`` and ``"auto"`` → every GPU here with a GPU accelerator (one
+    process on a CPU for ``"auto"``, one per core for ``-1``)."""
     if OmegaConf.is_list(value) or isinstance(value, (list, tuple)):
         return len(value)
     text = str(value).strip()
     if "," in text:
         return len([part for part in text.split(",") if part.strip()])
+    gpu = accelerator in ("gpu", "cuda")
+    if text == "auto" or text == "-1":
+        import os
+
+        import torch
+
+        if gpu:
+            return max(1, torch.cuda.device_count())
+        return 1 if text == "auto" else (os.cpu_count() or 1)
     try:
-        count = int(text)
+        return int(text)
     except ValueError:
-        return 1  # "auto" and the like: Lightning picks one device on a CPU
-    return count if count >= 0 else 2
+        return 1
 
 
 def check_generator_name(cfg: DictConfig) -> None:
@@ -300,11 +310,21 @@ def check_search_generator(cfg: DictConfig) -> None:
 
     if not HydraConfig.initialized():
         return
-    search = HydraConfig.get().runtime.choices.get("hparams_search")
-    if search not in (None, "null") and search != cfg.generator.name:
+    choices = HydraConfig.get().runtime.choices
+    search = choices.get("hparams_search")
+    if search in (None, "null"):
+        return
+    if search != cfg.generator.name:
         raise ConfigError(f"hparams_search={search} searches {search}'s settings, but the generator is "
-                          f"{cfg.generator.name}: use hparams_search={cfg.generator.name}, or leave generator= (and "
-                          "an experiment of another method) out")
+                          f"{cfg.generator.name}: use hparams_search={cfg.generator.name}, or leave generator= out")
+    # the search picks its generator itself (override /generator), over an experiment's: an experiment of
+    # another method would lend it that method's recipe (seed, syn_num, lr, batch size) instead
+    experiment = choices.get("experiment")
+    method = str(experiment).split("_")[0] if experiment not in (None, "null") else None
+    if method is not None and method in GENERATOR_SYSTEMS and method != search:
+        raise ConfigError(f"hparams_search={search} with experiment={experiment}: the search trains {search} with "
+                          f"{method}'s recipe; use experiment={search}_{str(experiment).split('_', 1)[1]} (or "
+                          f"hparams_search={method})")
 
 
 def check_trainer_settings(cfg: DictConfig) -> None:
@@ -330,6 +350,9 @@ SYNTHETIC_FIELDS = ("n_classes", "n_unseen", "n_val_classes", "semantic_dim", "f
 def check_dataset_settings(cfg: DictConfig) -> None:
     """``dataset.name``, ``dataset.max_generator_epochs`` and a simulated dataset's ``dataset.synthetic``."""
     name = cfg.dataset.get("name")
+    if isinstance(name, int) and not isinstance(name, bool):  # dataset.name=2017: a name, read as a number
+        OmegaConf.update(cfg, "dataset.name", str(name))
+        name = str(name)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"config field `dataset.name` must be a non-empty name, got {name!r}")
     cap = cfg.dataset.get("max_generator_epochs")

@@ -253,13 +253,15 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
         raise
     else:
         stopped = None
-        if trainer.current_epoch < generator_epochs(cfg):  # a Lightning setting or signal ended fit early
+        # a Lightning setting ended fit early (debug=fdr's fast_dev_run does on purpose: a smoke test)
+        if trainer.current_epoch < generator_epochs(cfg) and not trainer.fast_dev_run:
             finish_loggers(loggers)
             raise ConfigError(
                 f"split={data.split}: training ended after epoch {trainer.current_epoch} of "
-                f"{generator_epochs(cfg)} without diverging (a trainer.* setting such as limit_train_batches=0 "
-                "ended it): its results would be labelled with the whole schedule; remove that setting, or set "
-                "generator.epochs to what should run")
+                f"{generator_epochs(cfg)} without diverging (a trainer.* setting ended it: limit_train_batches=0, "
+                f"or a strategy whose processes did not report back; trainer: "
+                f"{OmegaConf.to_container(cfg.trainer, resolve=True)}): its results would be labelled with the "
+                "whole schedule; remove that setting, or set generator.epochs to what should run")
         # the checkpoints hold the optimiser state and nothing after training reads it: dropped, it leaves room
         # for the export's copy of the weights (tf-VAEGAN at AWA2: 557 MB of Adam moments)
         for optimizer in trainer.optimizers:
@@ -660,7 +662,8 @@ def benchmark_shape_warning(raw: RawDataset) -> str | None:
     if not problems:
         return None
     return (f"dataset {raw.name}: {'; '.join(problems)}: the results are labelled {raw.name}. If this is other "
-            "data, use dataset=byo data_dir=<dir> dataset.name=<its name> (or the dataset config of what it is)")
+            "data, give it its own name (dataset=byo data_dir=<dir> dataset.name=<its name>), or use the dataset "
+            "config of what it is")
 
 
 def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None,

@@ -61,8 +61,8 @@ def exit_on_sigterm(fn: F) -> F:
         previous = signal.signal(signal.SIGTERM, terminate)
         try:
             return fn(*args, **kwargs)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        finally:  # (None: a handler installed from C, which Python cannot reinstall: the default then)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return wrapper  # type: ignore[return-value]
 

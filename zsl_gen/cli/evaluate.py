@@ -32,6 +32,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     """zsl-eval's own settings, each named with what it must be (before anything is loaded)."""
     from zsl_gen.errors import ConfigError
 
+    if not OmegaConf.is_missing(cfg, "export") and isinstance(cfg.get("export"), int) \
+            and not isinstance(cfg.get("export"), bool):  # generator=2024: a directory, read as a number
+        OmegaConf.update(cfg, "export", str(cfg.export))
     if OmegaConf.is_missing(cfg, "export") or not isinstance(cfg.get("export"), str) or not cfg.export.strip():
         raise ConfigError("no generator given: zsl-eval generator=<run dir>/generator (the directory zsl-train "
                           f"exported){'' if OmegaConf.is_missing(cfg, 'export') else f', got export={cfg.export!r}'}")
@@ -147,9 +150,16 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     data = replace(data, train_x=scale(data.train_x), seen_x=scale(data.seen_x), unseen_x=scale(data.unseen_x),
                    preprocessing=meta["preprocessing"])
     same_semantics = semantics_checksum(data.semantics) == meta["semantics_sha256"]
+    record = dataset_record(raw, cfg.dataset)
+    warnings = [record["warning"]] if record.get("warning") else []  # as zsl-train's results.json keeps them
     if not same_semantics:
-        log.warning("the dataset's class semantics differ from those the generator was trained with "
-                    "(sha256 mismatch): classes are synthesized from the dataset's vectors")
+        warnings.append("the dataset's class semantics differ from those the generator was trained with "
+                        "(sha256 mismatch): classes are synthesized from the dataset's vectors")
+    if len(data.unseen_classes) == 1:
+        warnings.append(f"a single unseen class ({raw.class_names[int(data.unseen_classes[0])]}): its ZSL accuracy "
+                        "T1 is 100% by construction (one class to choose from) and says nothing; read U and H")
+    for warning in warnings:
+        log.warning(warning)
     device = generator.system.device
     noise = torch.Generator(device=device).manual_seed(eval_seed)
     ccfg = classifier_config(cfg)
@@ -162,14 +172,14 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     last.pop("rule")  # `last` is a selection of its own here, not a paper rule
     results = {
         "created": utc_now(), "method": meta.get("method", meta["_target_"]), "seed": seed,
-        "dataset": {**dataset_record(raw, cfg.dataset), "preprocessing": {  # what was applied: the export's
+        "dataset": {**record, "preprocessing": {  # what was applied: the export's
             "feature_scaling": meta["preprocessing"]["features"].get("kind", "none"), "l2_semantics": l2,
             "from": "the export"}},
         "generator": {"path": str(Path(cfg.export).resolve()), "trained_on": meta["dataset"],
                       "weights_sha256": meta["weights_sha256"], "same_semantics": same_semantics},
         "protocol": {"selections": ["paper", "last"], "splits_run": ["test"], "syn_num": syn_num},
         "results": {"paper": select({"test": stack}, ["paper"], paper=rule)["paper"], "last": last},
-        "device": str(cfg.device),
+        "device": str(cfg.device), "warnings": warnings,
         "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(),
     }
     results["protocol"]["paper_selection"] = rule

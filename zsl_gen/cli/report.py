@@ -271,7 +271,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["optimistic"] = sum(bool(m.get("optimistic")) for m in members)  # chosen on test
         entry["simulated"] = sum(bool(m.get("simulated")) for m in members)
         entry["warned"] = sum(bool(m.get("warnings")) for m in members)
-        entry["codes"] = sorted({m.get("code") or "" for m in members})
+        entry["codes"] = sorted({m["code"] for m in members if m.get("code")})  # (unrecorded: not a version)
         for metric in METRICS:
             entry[metric] = mean_std([float(m[metric]) for m in members])
         table.append(entry)
@@ -338,7 +338,7 @@ def to_markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]] | None =
     for e in table:
         if len(e.get("codes") or []) > 1:
             lines.append(f"{e['dataset']} {e['method']} {e['selection']}: its seeds ran on different code: "
-                         + " | ".join(c or "(not recorded)" for c in e["codes"]))
+                         + " | ".join(e["codes"]))
     warnings = run_warnings(rows or [])
     if warnings:
         lines.append("")
