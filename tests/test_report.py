@@ -319,3 +319,13 @@ def test_a_result_without_recorded_versions_is_not_counted_as_other_code(tmp_pat
     main([str(tmp_path / "multi")])
     out = capsys.readouterr().out
     assert "code versions" not in out and "different code" not in out and "| notes |" not in out
+
+
+def test_debug_runs_are_noted():
+    from zsl_gen.cli.report import debug_settings
+
+    assert debug_settings({"trainer": {"fast_dev_run": True}}) == ["fast_dev_run"]
+    assert debug_settings({"trainer": {"limit_train_batches": 3, "overfit_batches": 2}}) == [
+        "overfit_batches", "limit_train_batches"]
+    assert debug_settings({"trainer": {"fast_dev_run": False, "limit_train_batches": 1.0, "overfit_batches": 0.0}}) == []
+    assert debug_settings({}) == []

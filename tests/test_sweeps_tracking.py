@@ -447,7 +447,7 @@ def test_debug_configs_compose(debug, expected):
 
 
 @pytest.mark.parametrize("epochs", [[], ["generator.epochs=2"]])  # fast_dev_run ends any schedule after one step
-def test_debug_fdr_runs_end_to_end(tmp_path, no_wandb, epochs):
+def test_debug_fdr_runs_end_to_end(tmp_path, no_wandb, epochs, capsys):
     proc = zsl_train(tmp_path, "debug=fdr", "generator.system.hidden_dim=64", "generator.syn_num=50", *epochs)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
@@ -458,6 +458,11 @@ def test_debug_fdr_runs_end_to_end(tmp_path, no_wandb, epochs):
     curves = json.loads((run / "curves.json").read_text())
     assert curves["test"]["epochs"] == [1] and curves["test"]["rows"] == ["classifier epoch 1"]
     assert (run / "generator" / "generator.yaml").is_file()
+    from zsl_gen.cli.report import main as report
+
+    capsys.readouterr()
+    report([str(run)])  # a smoke test's numbers say so in the table
+    assert "| debug run" in capsys.readouterr().out
 
 
 def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(tmp_path, no_wandb):

@@ -166,6 +166,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}: `results` holds no selection; rerun the job or remove the file")
         setting = setting_of(record, path)
         simulated = is_simulated(record["dataset"])
+        debug = debug_settings(record.get("config") or {})
         warnings = [str(w) for w in record.get("warnings") or []]
         versions = record.get("versions") or {}
         code = " ".join(f"{k}={versions[k]}" for k in CODE_KEYS if versions.get(k) is not None)
@@ -176,7 +177,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                          "optimistic": bool(res.get("optimistic", selection == "paper")),
                          "stopped_early": bool(stopped & SPLITS_USED.get(selection, {"test"})),
                          "path": str(path), "setting": setting, "simulated": simulated,
-                         "warnings": warnings, "code": code})
+                         "warnings": warnings, "code": code, "debug": debug})
             for field in (*METRICS, "seed"):
                 value = rows[-1][field]
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
@@ -200,6 +201,17 @@ def is_simulated(dataset: dict[str, Any]) -> bool:
     another name than ``synthetic``): such numbers are not a benchmark's, whatever the dataset is called."""
     renamed = dataset.get("kind") == "synthetic" and str(dataset.get("name")).lower() != "synthetic"
     return bool(dataset.get("features_note")) or renamed
+
+
+def debug_settings(config: dict[str, Any]) -> list[str]:
+    """The trainer settings of a debug run (``debug=fdr|limit|overfit``) a config has: such a run trains on a
+    few batches, and its numbers are a smoke test's."""
+    trainer = config.get("trainer") or {}
+    found = [key for key in ("fast_dev_run", "overfit_batches") if trainer.get(key) not in (None, False, 0, 0.0)]
+    limit = trainer.get("limit_train_batches")
+    if limit is not None and limit not in (1, 1.0):
+        found.append("limit_train_batches")
+    return found
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -271,6 +283,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["optimistic"] = sum(bool(m.get("optimistic")) for m in members)  # chosen on test
         entry["simulated"] = sum(bool(m.get("simulated")) for m in members)
         entry["warned"] = sum(bool(m.get("warnings")) for m in members)
+        entry["debug"] = sum(bool(m.get("debug")) for m in members)
         entry["codes"] = sorted({m["code"] for m in members if m.get("code")})  # (unrecorded: not a version)
         for metric in METRICS:
             entry[metric] = mean_std([float(m[metric]) for m in members])
@@ -281,14 +294,16 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def notes_of(entry: dict[str, Any]) -> list[str]:
-    """What a reader of a row must know: simulated features, runs that recorded warnings, seeds run by
-    different code."""
+    """What a reader of a row must know: debug runs (a few batches), simulated features, runs that recorded
+    warnings, seeds run by different code."""
     n = entry["n"]
 
     def share(k: int) -> str:
         return "" if k == n else f" in {k} of {n}"
 
     notes = []
+    if entry.get("debug"):
+        notes.append("debug run" + share(entry["debug"]))
     if entry.get("simulated"):
         notes.append("simulated features" + share(entry["simulated"]))
     if entry.get("warned"):
