@@ -36,7 +36,13 @@ def split_record(run: Path, split: str) -> dict:
     if not path.is_file():
         raise ZSLGenError(f"{path}: missing; {run} is not a finished zsl-train run with split={split} "
                           f"(selections={'[val_split]' if split == 'val' else '[paper]'})")
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        CurveStack.from_dict(record)  # every field the selection reads
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ZSLGenError(f"{path}: not a split record zsl-train wrote ({type(err).__name__}: {err}); the file was "
+                          "damaged or edited: rerun that job") from None
+    return record
 
 
 def run_record(run: Path) -> dict:
@@ -68,7 +74,13 @@ def config_differences(val_run: Path, test_run: Path) -> list[str]:
         path = run / ".hydra" / "config.yaml"
         if not path.is_file():
             raise ZSLGenError(f"{path}: missing; give zsl-train run directories")
-        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        except Exception as err:  # yaml's and OmegaConf's parse errors: not one class
+            raise ZSLGenError(f"{path}: not a readable config ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0]}); the file was damaged: rerun that job") from None
+        if not isinstance(config, dict):
+            raise ZSLGenError(f"{path}: not a config mapping; the file was damaged: rerun that job")
         flat.append(dict(flatten({k: v for k, v in config.items() if k not in IGNORED})))
     # a key only one run has comes from a newer zsl-gen version (its default applied to the older run)
     keys = sorted(set(flat[0]) & set(flat[1]))

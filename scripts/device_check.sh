@@ -20,7 +20,9 @@ cd "$(dirname "$0")/.."
 if [ "$mode" = prepare ]; then
   set -e
   shared=${SHARED:-$(cd .. && pwd)/shared}
-  grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >> .git/info/exclude
+  exclude=$(git rev-parse --git-path info/exclude)  # (a worktree's or submodule's .git is a file)
+  mkdir -p "$(dirname "$exclude")"
+  grep -qx '/.device/' "$exclude" 2>/dev/null || echo '/.device/' >> "$exclude"
   rm -rf "$kit" && mkdir -p "$kit/whl"
   # the device's python is 3.12; hydra's antlr4 runtime is a source distribution only: built here (pure Python)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -249,3 +249,13 @@ def test_the_simulation_cache_is_keyed_by_its_source(tmp_path):
     assert how.startswith("real semantics and splits")
     _, again = load_raw_cached("FLO", tmp_path / "nowhere", tmp_path / "cache")
     assert again == shaped_how
+
+
+def test_a_failed_cases_error_line_is_its_error_not_a_warning_before_it():
+    from zsl_gen.bench import error_line
+
+    output = ("[WARNING] generator.system.batch_size=512 exceeds the 144 training samples (split=val): each batch\n"
+              "error: config field `classifier.epochs` must be an integer >= 1, got 0\n")
+    assert error_line(output) == "error: config field `classifier.epochs` must be an integer >= 1, got 0"
+    assert error_line("Traceback (most recent call last):\n  File x\nRuntimeError: boom\n") == "RuntimeError: boom"
+    assert error_line("") == "failed without output" and error_line("killed\n") == "killed"

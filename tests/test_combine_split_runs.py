@@ -108,3 +108,25 @@ def test_an_out_path_that_cannot_be_a_file_is_one_error_line_before_any_work(tmp
         captured = capsys.readouterr()
         lines = [line for line in captured.err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
+
+
+def test_damaged_run_files_are_one_error_line_naming_the_file(tmp_path, capsys):
+    for name, selections in (("val", "[val_split]"), ("test", "[paper]")):
+        proc = zsl_train(tmp_path / name, *TINY, "logger=none", f"selections={selections}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    capsys.readouterr()
+    val, test = tmp_path / "val" / "run", tmp_path / "test" / "run"
+    splits = val / "splits" / "val.json"
+    good = splits.read_text()
+    for damaged, fragment in (("{truncated", "not a split record zsl-train wrote (JSONDecodeError"),
+                              (json.dumps({"warnings": []}), "not a split record zsl-train wrote (KeyError")):
+        splits.write_text(damaged)
+        assert combine(str(val), str(test)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {splits}: ") and fragment in err and len(err.strip().splitlines()) == 1, err
+    splits.write_text(good)
+    config = test / ".hydra" / "config.yaml"
+    config.write_text("seed: [unclosed\n")
+    assert combine(str(val), str(test)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config}: not a readable config") and len(err.strip().splitlines()) == 1, err

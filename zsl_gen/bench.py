@@ -756,8 +756,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             self.pending.clear()
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
-            _sync(device)
-            self.first_batch = time.perf_counter()
+            if not self.first_batch:  # the first epoch's start: what came before it is setup (later ones are not)
+                _sync(device)
+                self.first_batch = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             _sync(device)
@@ -995,6 +996,14 @@ def probe_writable(path: Path, flag: str) -> None:
 
 
 @report_user_errors
+def error_line(error: str) -> str:
+    """The line of a failed case's output that says why: its ``error:`` line (a warning may come first), else
+    the last non-empty one."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if line.startswith("error:") or "Error" in line.split(":")[0]),
+                lines[-1] if lines else "failed without output")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="zsl-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1082,6 +1091,20 @@ def main(argv: list[str] | None = None) -> None:
         peaks[prec] = matmul_peak(prec, args.device)
         print(f"matmul peak {prec}: {peaks[prec]['peak_gflops']:.0f} GFLOP/s {peaks[prec]['by_size']}", flush=True)
     cases = []
+    from zsl_gen.results import write_text_atomic
+
+    total = len(methods) * len(datasets) * len(precisions)
+
+    def write_tables(cases: list[dict], note: str = "") -> None:
+        header = (f"{note}Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, device "
+                  f"{args.device}, zsl-gen {machine['zsl_gen']} at {machine['git_commit'] or 'an unknown commit'}"
+                  f"{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, {machine['measured']}. "
+                  f"Command: `zsl-bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
+                  + (f". Random semantics of the published shapes for {', '.join(missing)}" if missing else "")
+                  + "\n\n")
+        write_text_atomic(md, header + markdown_table(cases))  # the table first: the JSON is what scripts look for
+        write_text_atomic(out, json.dumps(cases, indent=1))
+
     for method in methods:
         for dataset in datasets:
             for prec in precisions:
@@ -1112,7 +1135,7 @@ def main(argv: list[str] | None = None) -> None:
                         case = None
                 if case is None:
                     case = {"method": method, "dataset": dataset, "precision": prec, "device": args.device,
-                            "error": error.splitlines()[0]}
+                            "error": error_line(error)}
                     print(f"{method:9s} {dataset:5s} {prec}: FAILED {error}", flush=True)
                 else:
                     case["load_avg_after"] = round(os.getloadavg()[0], 2)
@@ -1124,15 +1147,9 @@ def main(argv: list[str] | None = None) -> None:
                              if case.get("peak_unstable") else ""), flush=True)
                 case["machine"] = machine
                 cases.append(case)
-    header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, device "
-              f"{args.device}, zsl-gen {machine['zsl_gen']} at {machine['git_commit'] or 'an unknown commit'}"
-              f"{' (with uncommitted changes)' if machine.get('git_dirty') else ''}, {machine['measured']}. "
-              f"Command: `zsl-bench {' '.join(argv if argv is not None else sys.argv[1:])}`"
-              + (f". Random semantics of the published shapes for {', '.join(missing)}" if missing else "") + "\n\n")
-    from zsl_gen.results import write_text_atomic
-
-    write_text_atomic(md, header + markdown_table(cases))  # the table first: the JSON is what scripts look for
-    write_text_atomic(out, json.dumps(cases, indent=1))
+                if len(cases) < total:  # the cases so far, so that a run stopped by a time limit keeps them
+                    write_tables(cases, f"partial: {len(cases)} of {total} cases. ")
+    write_tables(cases)
     print(markdown_table(cases))
     print(f"wrote {out} and {md}")
     failed = [f"{c['method']}/{c['dataset']}/{c['precision']}" for c in cases if "error" in c]
