@@ -489,6 +489,12 @@ def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path, no_wandb):
     assert f"error: every trial of the search failed, so there are no best parameters: the failures are above and in " \
            f"{tmp_path / 'multi'}/<trial>/error.txt" in proc.stderr
     assert (tmp_path / "multi" / "0" / "error.txt").is_file() and (tmp_path / "multi" / "1" / "error.txt").is_file()
+    # no trial at all: said as such, not as failures
+    proc = zsl_train(tmp_path / "none", "hparams_search=cvae", "hydra.sweeper.n_trials=0",
+                     f"hydra.sweep.dir={tmp_path / 'none' / 'multi'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "error: hydra.sweeper.n_trials=0: the search ran no trial; give it at least one" in proc.stderr
+    assert "every trial of the search failed" not in proc.stderr
 
 
 def test_a_search_of_another_generators_settings_is_refused(tmp_path, no_wandb):

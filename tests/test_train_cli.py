@@ -686,8 +686,8 @@ def test_another_benchmarks_data_or_semantics_under_a_benchmark_name_is_warned_a
     # AWA2's files run as dataset=awa1: the same 40 / 10 classes, other samples
     assert benchmark_shape_warning(benchmark_like("AWA1", awa2, (40, 10), 85)) == (
         "dataset AWA1: trainval / test_seen / test_unseen hold 23527 / 5882 / 7913 samples, but AWA1 has 19832 / "
-        "4958 / 5685: the results are labelled AWA1. If this is other data, use dataset=byo data_dir=<dir> "
-        "dataset.name=<its name> (or the dataset config of what it is)")
+        "4958 / 5685: the results are labelled AWA1. If this is other data, give it its own name (dataset=byo "
+        "data_dir=<dir> dataset.name=<its name>), or use the dataset config of what it is")
     # CUB's 1024-d sentence embeddings labelled as its 312-d attributes
     assert "the semantics are 1024-d, but CUB's 'att' vectors are 312-d" in benchmark_shape_warning(
         benchmark_like("CUB", (7057, 1764, 2967), (150, 50), 1024, "att"))

@@ -208,6 +208,9 @@ def one_line_when_no_trial_finishes(argv: list[str]) -> None:
             if "No trials are completed" not in str(err):
                 raise
             sweep_dir = OmegaConf.select(self.config, "hydra.sweep.dir") if self.config is not None else None
+            if int(getattr(self, "n_trials", 1) or 0) < 1:  # nothing ran: nothing failed either
+                raise NoTrialFinished(f"error: hydra.sweeper.n_trials={getattr(self, 'n_trials', None)}: the search "
+                                      "ran no trial; give it at least one (e.g. hydra.sweeper.n_trials=20)") from None
             raise NoTrialFinished(f"error: every trial of the search failed, so there are no best parameters: the "
                                   f"failures are above and in {sweep_dir or 'the sweep directory'}/<trial>/error.txt; "
                                   "fix what failed and run the search again") from None
