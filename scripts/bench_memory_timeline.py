@@ -22,7 +22,9 @@ import pytorch_lightning as pl
 import zsl_gen.bench as bench
 import zsl_gen.eval as evaluation
 import zsl_gen.pipeline as pipeline
+from zsl_gen.errors import ZSLGenError
 from zsl_gen.systems.base import GeneratorSystem
+from zsl_gen.systems.cadavae import CADAVAE
 
 
 def resident_mb() -> float:
@@ -79,22 +81,37 @@ def main() -> None:
     p.add_argument("--data-root", default=str(bench.default_data_root()))
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "zsl-bench-cache"))
     args = p.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        p.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    if args.override:
+        try:  # as zsl-bench: a malformed override is a usage error before any work
+            bench.compose_config(args.method, args.dataset, args.precision, list(args.override))
+        except Exception as err:  # Hydra's override and config errors have many types
+            p.error(f"--override {' '.join(args.override)}: {str(err).splitlines()[0]}")
 
     timeline = Timeline()
     timeline.wrap(pipeline, "protocol_data", "protocol_data")
     timeline.wrap(bench, "matmul_peak", "matmul_peak")
     timeline.wrap(pl.Trainer, "fit", "fit")
     timeline.wrap(GeneratorSystem, "classifier_inputs", "classifier_inputs")
+    timeline.wrap(CADAVAE, "classifier_inputs", "classifier_inputs")  # its own (latent-space) override
     timeline.wrap(evaluation, "train_and_evaluate", "final_classifier")
-    result = bench.run_case({
-        "method": args.method, "dataset": args.dataset, "precision": args.precision, "device": "cpu",
-        "data_root": args.data_root, "cache": args.cache, "warmup": args.warmup, "steps": args.steps,
-        "classifier_repeats": 1, "keep_freed_memory": not args.system_malloc,
-        "offload_optimizer_state": not args.keep_optimizer_state, "overrides": args.override})
+    try:
+        result = run(args)
+    except ZSLGenError as err:  # a bad --override, missing data: one line, as zsl-bench says it
+        p.exit(2, f"error: {err}\n")
     timeline.mark("end")
     print(timeline.report())
     print(f"peak_rss_mb {result['peak_rss_mb']}  (classifier {result['classifier_precision']}, "
           f"{result['classifier_train_rows']} x {result['classifier_feature_dim']} training features)")
+
+
+def run(args) -> dict:
+    return bench.run_case({
+        "method": args.method, "dataset": args.dataset, "precision": args.precision, "device": "cpu",
+        "data_root": args.data_root, "cache": args.cache, "warmup": args.warmup, "steps": args.steps,
+        "classifier_repeats": 1, "keep_freed_memory": not args.system_malloc,
+        "offload_optimizer_state": not args.keep_optimizer_state, "overrides": args.override})
 
 
 if __name__ == "__main__":
