@@ -23,6 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from zsl_gen.cli.report import CODE_KEYS  # the versions a run's numbers came from
 from zsl_gen.errors import ZSLGenError
 from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.results import flatten, utc_now, versions, write_json_atomic
@@ -99,10 +100,6 @@ def record_differences(val: dict, test: dict) -> list[str]:
 
     a, b = comparable(val), comparable(test)
     return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-# the code a run's numbers came from (as zsl-report's CODE_KEYS)
-CODE_KEYS = ("zsl_gen", "git_commit", "git_dirty", "torch")
 
 
 def code_differences(val: dict, test: dict) -> list[str]:

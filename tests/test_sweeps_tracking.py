@@ -497,21 +497,17 @@ def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path, no_wandb):
     assert "every trial of the search failed" not in proc.stderr
 
 
-def test_a_search_of_another_generators_settings_is_refused(tmp_path, no_wandb):
-    proc = zsl_train(tmp_path, "hparams_search=cvae", "generator=fclswgan", "hydra.sweeper.n_trials=1",
-                     f"hydra.sweep.dir={tmp_path / 'multi'}")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    (error,) = (tmp_path / "multi").rglob("error.txt")
-    assert "hparams_search=cvae searches cvae's settings, but the generator is fclswgan: use " \
-           "hparams_search=fclswgan" in error.read_text()
-    assert not list((tmp_path / "multi").rglob("results.json")) and not list((tmp_path / "multi").rglob("*.ckpt"))
-
-
-def test_a_search_with_an_experiment_of_another_method_is_refused(tmp_path, no_wandb):
+@pytest.mark.parametrize("overrides, message", [
+    (["hparams_search=cvae", "generator=fclswgan"],
+     "hparams_search=cvae searches cvae's settings, but the generator is fclswgan: use hparams_search=fclswgan"),
     # the search's generator wins over the experiment's: cadavae would run with cvae_cub's recipe
-    proc = zsl_train(tmp_path, "hparams_search=cadavae", "experiment=cvae_cub", "hydra.sweeper.n_trials=1",
-                     f"hydra.sweep.dir={tmp_path / 'multi'}")
+    (["hparams_search=cadavae", "experiment=cvae_cub"],
+     "hparams_search=cadavae with experiment=cvae_cub: the search trains cadavae with cvae's recipe; use "
+     "experiment=cadavae_cub"),
+])
+def test_a_search_of_another_methods_settings_is_refused(tmp_path, no_wandb, overrides, message):
+    proc = zsl_train(tmp_path, *overrides, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'multi'}")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (error,) = (tmp_path / "multi").rglob("error.txt")
-    assert "hparams_search=cadavae with experiment=cvae_cub: the search trains cadavae with cvae's recipe; use " \
-           "experiment=cadavae_cub" in error.read_text()
+    assert message in error.read_text()
+    assert not list((tmp_path / "multi").rglob("results.json")) and not list((tmp_path / "multi").rglob("*.ckpt"))

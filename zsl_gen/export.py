@@ -34,8 +34,8 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from zsl_gen.data._io import temp_dir_beside
-from zsl_gen.data.protocol import apply_feature_scaling
+from zsl_gen.data._io import move_into_place, temp_dir_beside
+from zsl_gen.data.protocol import apply_feature_scaling, l2_rows
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import CheckpointError, ConfigError, DataError
 from zsl_gen.systems.base import GeneratorSystem
@@ -118,8 +118,7 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
         os.chmod(tmp / WEIGHTS, (tmp / META).stat().st_mode & 0o777)  # safetensors writes 0600: as the yaml is
         if out_dir.exists():
             _check_replaceable(out_dir)  # (again: the directory may have changed while the weights were written)
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -170,9 +169,8 @@ class Generator:
     def prepare_semantics(self, semantics: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Raw class vectors ``(K, A)`` → the preprocessing the generator was trained with."""
         s = self.class_vectors(semantics)
-        if self.meta["preprocessing"].get("semantics", {}).get("l2"):  # as training's (protocol.l2_rows): float64
-            norms = s.double().norm(dim=1, keepdim=True)
-            s = (s.double() / torch.where(norms == 0, torch.ones_like(norms), norms)).float()
+        if self.meta["preprocessing"].get("semantics", {}).get("l2"):  # training's own normalisation, bit for bit
+            s = torch.from_numpy(l2_rows(s.cpu().numpy()))
         return s
 
     @torch.no_grad()

@@ -666,6 +666,15 @@ def benchmark_shape_warning(raw: RawDataset) -> str | None:
             "config of what it is")
 
 
+def single_unseen_class_warning(data: ZSLData) -> str | None:
+    """With one unseen class the ZSL accuracy T1 is 100% by construction: a warning saying so, else None."""
+    if len(data.unseen_classes) != 1:
+        return None
+    return (f"split={data.split} has a single unseen class ({data.class_names[int(data.unseen_classes[0])]}): its "
+            "ZSL accuracy T1 is 100% by construction (one class to choose from) and says nothing; read U and H"
+            + (", and the val selection's T1 choice is arbitrary" if data.split == "val" else ""))
+
+
 def split_data(cfg: DictConfig, split: str, record: dict[str, Any] | None,
                splits: list[str] | None = None) -> tuple[ZSLData, dict[str, Any]]:
     """One split's protocol data, read from the dataset afresh, and the dataset's record.
@@ -725,10 +734,8 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
             check_resumed_data(resume, record, data)
         if split == splits[0] and record.get("warning"):
             training_warnings.append(record["warning"])  # kept in results.json, not only in the log
-        if len(data.unseen_classes) == 1:
-            single = (f"split={split} has a single unseen class ({data.class_names[int(data.unseen_classes[0])]}): "
-                      "its ZSL accuracy T1 is 100% by construction (one class to choose from) and says nothing; "
-                      "read U and H" + (", and the val selection's T1 choice is arbitrary" if split == "val" else ""))
+        single = single_unseen_class_warning(data)
+        if single:
             log.warning(single)
             training_warnings.append(single)
         release_freed_memory()  # the read's transients (keep_freed_memory holds them from a split's training on)

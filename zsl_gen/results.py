@@ -41,7 +41,7 @@ def versions() -> dict[str, Any]:
         if commit.returncode == 0 and tracked.returncode == 0:
             info["git_commit"] = commit.stdout.strip()
             status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+                                    text=True, timeout=5, cwd=package)
             if status.returncode == 0:
                 info["git_dirty"] = bool(status.stdout.strip())  # uncommitted changes in tracked files
     except (OSError, subprocess.SubprocessError):

@@ -82,7 +82,8 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     from zsl_gen.errors import CheckpointError, ConfigError
     from zsl_gen.eval import train_and_evaluate
     from zsl_gen.export import load_generator, semantics_checksum
-    from zsl_gen.pipeline import classifier_config, dataset_record, load_dataset, print_and_log
+    from zsl_gen.pipeline import (classifier_config, dataset_record, load_dataset, print_and_log,
+                                  single_unseen_class_warning)
     from zsl_gen.eval.selection import CurveStack, select
     from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
 
@@ -155,9 +156,9 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     if not same_semantics:
         warnings.append("the dataset's class semantics differ from those the generator was trained with "
                         "(sha256 mismatch): classes are synthesized from the dataset's vectors")
-    if len(data.unseen_classes) == 1:
-        warnings.append(f"a single unseen class ({raw.class_names[int(data.unseen_classes[0])]}): its ZSL accuracy "
-                        "T1 is 100% by construction (one class to choose from) and says nothing; read U and H")
+    single = single_unseen_class_warning(data)
+    if single:
+        warnings.append(single)
     for warning in warnings:
         log.warning(warning)
     device = generator.system.device

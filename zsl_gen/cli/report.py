@@ -52,10 +52,10 @@ BOOKKEEPING_LEAVES = ("trainer.log_every_n_steps", "trainer.enable_model_summary
                       "dataset.data_dir")  # where the files were: they enter by their checksums
 # the schedule asked for and the dataset's cap on it: the setting has the epochs trained instead
 EPOCH_LEAVES = ("generator.epochs", "dataset.max_generator_epochs")
-MAX_LABEL_KEYS = 6
+MAX_LABEL_KEYS = 6  # a Markdown label names at most this many keys (the CSV names them all)
 # the code a result came from: a row pooling seeds run by different code says so (it is not split: a rerun
 # after an unrelated commit is the same setting)
-CODE_KEYS = ("zsl_gen", "git_commit", "git_dirty", "torch")  # a Markdown label names at most this many keys (the CSV names them all)
+CODE_KEYS = ("zsl_gen", "git_commit", "git_dirty", "torch")
 
 
 def find_results(paths: Iterable[Path]) -> list[Path]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from zsl_gen.cli.common import check_output_path, exit_on_sigterm, report_user_errors
-from zsl_gen.data._io import sha256_file, temp_dir_beside
+from zsl_gen.data._io import move_into_place, sha256_file, temp_dir_beside
 from zsl_gen.errors import ConfigError, DataError
 
 USAGE = ("usage: zsl-synthesize generator=<export dir> semantics=<file> n_per_class=<N> out=<dir> "
@@ -195,7 +194,6 @@ def write_synthesis(out: Path, features: np.ndarray, labels: np.ndarray, semanti
     features were synthesized are not deleted), by renames only, so that an interruption leaves the earlier
     output or the new one, never a half-deleted mix."""
     tmp = temp_dir_beside(out)
-    old = None
     try:
         try:
             np.save(tmp / "features.npy", features)
@@ -209,17 +207,10 @@ def write_synthesis(out: Path, features: np.ndarray, labels: np.ndarray, semanti
                             "written there") from None
         if out.exists():
             check_output_dir(out)
-            old = temp_dir_beside(out)
-            os.rename(out, old / out.name)
-        tmp.rename(out)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists() and (old / out.name).exists():
-            os.rename(old / out.name, out)  # the earlier output back in place
         raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 @report_user_errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
@@ -70,6 +71,25 @@ def temp_dir_beside(path: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished directory ``tmp`` (from ``temp_dir_beside(out)``) onto ``out``. An existing ``out``
+    (the caller has checked it may be replaced) is first renamed aside and deleted afterwards: renames only, so
+    an interruption leaves the earlier directory or the new one, never a half-deleted mix."""
+    old = None
+    try:
+        if out.exists():
+            old = temp_dir_beside(out)
+            os.rename(out, old / out.name)
+        tmp.rename(out)
+    except BaseException:
+        if old is not None and not out.exists() and (old / out.name).exists():
+            os.rename(old / out.name, out)  # the earlier one back in place
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

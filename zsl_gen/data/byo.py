@@ -94,10 +94,6 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
 def read_class_names(path: Path) -> list[str]:
     """The class names of a ``classes.txt``: one per line, stripped, trailing blank lines dropped; empty or
     repeated names are a ``DataError`` naming the file."""
-    return _read_classes(path)
-
-
-def _read_classes(path: Path) -> list[str]:
     require_file(path, "class list", "write one class name per line, " + _FIX)
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
@@ -221,7 +217,7 @@ def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0,
     features = _load_npy(root / "features.npy", "features file 'features.npy' (N, D)")
     labels = _load_npy(root / "labels.npy", "labels file 'labels.npy' (N,)")
     semantics = _load_npy(root / "semantics.npy", "semantics file 'semantics.npy' (C, A)")
-    names = _read_classes(root / "classes.txt")
+    names = read_class_names(root / "classes.txt")
     sp = root / "splits.json"
     require_file(sp, "splits file 'splits.json'", _FIX)
     try:

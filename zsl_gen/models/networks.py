@@ -346,12 +346,17 @@ def sample_features(decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     a = semantics.to(device).repeat_interleave(n_per_class, dim=0)
     # float32 whatever the caller's torch.set_default_dtype: the same seed gives the same features
     z = torch.randn(a.shape[0], noise_dim, generator=generator, device=device, dtype=torch.float32)
+    return decode_in_chunks(decode, z, a, chunk=chunk)
+
+
+def decode_in_chunks(decode: Callable[..., torch.Tensor], *inputs: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``decode(*inputs)`` run on blocks of ``chunk`` rows (each input ``(N, ·)``), each block written into one
+    preallocated ``(N, D)`` output: bounded activations, no list of blocks beside their concatenation."""
+    n = inputs[0].shape[0]
     out = None
-    for i in range(0, a.shape[0], chunk):
-        rows = decode(z[i:i + chunk], a[i:i + chunk])
+    for i in range(0, n, chunk):
+        rows = decode(*(x[i:i + chunk] for x in inputs))
         if out is None:
-            out = rows.new_empty((a.shape[0], *rows.shape[1:]))
+            out = rows.new_empty((n, *rows.shape[1:]))
         out[i:i + rows.shape[0]] = rows
-    if out is None:  # no class or no sample asked for
-        return decode(z, a)
-    return out
+    return decode(*inputs) if out is None else out  # (no row asked for: the empty result of its shape)

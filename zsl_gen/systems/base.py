@@ -226,20 +226,15 @@ class GeneratorSystem(pl.LightningModule):
         """Training steps per epoch: one per ``batch_size`` training samples (as the papers' loops)."""
         return max(1, math.ceil(self.data.train_x.shape[0] / self.batch_size))
 
-    def effective_batch_size(self) -> int:
-        """``batch_size``, or every training sample where there are fewer: a larger batch would repeat samples
-        within one batch (the official loops give a batch of all the samples then)."""
-        return min(int(self.batch_size), int(self.data.train_x.shape[0]))
-
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer else (0, 1)
         n = self.data.train_x.shape[0]
-        if self.batch_size > n:
+        if self.batch_size > n:  # a larger batch would repeat samples; the official loops give all of them then
             log.warning("generator.system.batch_size=%s exceeds the %d training samples (split=%s): each batch holds "
                         "all %d of them", self.batch_size, n, self.data.split, n)
         # debug=overfit (trainer.overfit_batches): the same batches every epoch, not each epoch's first ones
         overfit = bool(self._trainer and self.trainer.overfit_batches)
-        batches = IndexBatches(n, self.effective_batch_size(), self.steps_per_epoch(), self.draws_per_step,
+        batches = IndexBatches(n, min(int(self.batch_size), n), self.steps_per_epoch(), self.draws_per_step,
                                self.sampling_seed, (lambda: 0) if overfit else (lambda: self.current_epoch),
                                rank, world)
         return DataLoader(batches, batch_size=None, num_workers=0)

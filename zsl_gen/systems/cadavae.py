@@ -27,6 +27,7 @@ from zsl_gen.errors import ConfigError
 from zsl_gen.eval.types import ClassifierInputs
 from zsl_gen.losses import cada as L
 from zsl_gen.models.cadavae import SIGMA_MODES, ModalityVAE, reparameterize
+from zsl_gen.models.networks import decode_in_chunks
 from zsl_gen.systems.base import GeneratorSystem, adam
 
 _ENCODE_CHUNK = 4096
@@ -202,13 +203,7 @@ class CADAVAE(GeneratorSystem):
             ``(K * n_per_class, D)`` features, class-major.
         """
         z = self.sample_semantic_latents(semantics, n_per_class, generator)
-        out = None
-        for i in range(0, z.shape[0], SYNTHESIS_CHUNK):  # bounded activations: (chunk, hidden) at a time
-            rows = self.feature_vae.decoder(z[i:i + SYNTHESIS_CHUNK])
-            if out is None:
-                out = rows.new_empty((z.shape[0], rows.shape[1]))
-            out[i:i + rows.shape[0]] = rows
-        return self.feature_vae.decoder(z) if out is None else out
+        return decode_in_chunks(self.feature_vae.decoder, z, chunk=SYNTHESIS_CHUNK)
 
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
