@@ -74,6 +74,8 @@ def test_latent_classifier_unseen_latents_lift_u_and_h(trained):
     assert inputs.seen_x.shape == (data.seen_x.shape[0], z)
     assert inputs.unseen_x.shape == (data.unseen_x.shape[0], z)
     torch.testing.assert_close(inputs.zsl_train_x, inputs.train_x[-n_unseen * 100:])
+    # what GZSLEvaluation checks the classifier's batch size against before training
+    assert system.classifier_train_sizes(data, 400) == (inputs.train_x.shape[0], inputs.zsl_train_x.shape[0])
     # evaluation sets are posterior means: deterministic
     torch.testing.assert_close(inputs.seen_x, system.encode_features(data.seen_x)[0])
 

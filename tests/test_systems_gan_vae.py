@@ -130,6 +130,8 @@ def test_synthetic_features_lift_unseen_accuracy(trained, sim_data):
     inputs = system.classifier_inputs(sim_data, N_SYN, torch.Generator().manual_seed(0))
     n_real = sim_data.train_x.shape[0]
     assert inputs.train_x.shape[0] == n_real + N_SYN * len(sim_data.unseen_classes)
+    # what GZSLEvaluation checks the classifier's batch size against before training
+    assert system.classifier_train_sizes(sim_data, N_SYN) == (inputs.train_x.shape[0], inputs.zsl_train_x.shape[0])
     real_only = replace(inputs, train_x=inputs.train_x[:n_real], train_y=inputs.train_y[:n_real])
     with_syn = train_and_evaluate(inputs, CLASSIFIER, seed=0)
     without = train_and_evaluate(real_only, CLASSIFIER, seed=0)

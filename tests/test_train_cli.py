@@ -107,6 +107,27 @@ def test_bad_config_values_are_one_clear_line(tmp_path, override, message):
     assert message in (tmp_path / "run" / "train.log").read_text()  # the log file has the error too
 
 
+@pytest.mark.parametrize("generator", ["cvae", "cadavae"])
+def test_a_batch_size_drop_last_cannot_fill_is_refused_before_the_generator_trains(tmp_path, monkeypatch,
+                                                                                  generator):
+    from zsl_gen.systems.cadavae import CADAVAE
+    from zsl_gen.systems.cvae import ConditionalVAE
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the generator trained before the classifier's settings were checked")
+
+    monkeypatch.setattr({"cvae": ConditionalVAE, "cadavae": CADAVAE}[generator], "training_step", no_training)
+    # 50 synthetic features per unseen class (CADA-VAE: 50 latents): the val split, trained first, holds out 8
+    # unseen classes, which give 400 for the ZSL classifier, fewer than one batch of 450
+    proc = zsl_train(tmp_path, f"generator={generator}", "generator.epochs=1", "generator.syn_num=50",
+                     "classifier.drop_last=true", "classifier.batch_size=450")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "classifier.drop_last=true with classifier.batch_size=450 leaves no full batch of the 400 " \
+           "training samples" in proc.stderr
+    assert "Traceback" not in proc.stderr and "trained before" not in proc.stderr
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
 def test_missing_dataset_files_name_the_file_and_the_fix(tmp_path):
     proc = zsl_train(tmp_path, "generator=eszsl", "dataset=cub", f"data_dir={tmp_path / 'nowhere'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

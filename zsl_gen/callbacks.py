@@ -67,6 +67,8 @@ class GZSLEvaluation(pl.Callback):
         # last (say 3 with eval_every=2); off the new schedule, it goes, so the curves equal a run trained to
         # the new length in one go
         self.records = [(e, c) for e, c in self.records if self._due(trainer, e)]
+        # a batch size the classifier cannot use fails here, before the generator trains
+        self.classifier.check_full_batches(*pl_module.classifier_train_sizes(self.data, self.syn_num))
         self._set_test_sets_aside(trainer)
 
     def _set_test_sets_aside(self, trainer: pl.Trainer) -> None:

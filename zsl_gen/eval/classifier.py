@@ -111,6 +111,23 @@ class ClassifierConfig:
             raise ConfigError(f"classifier.drop_last must be true or false, got {self.drop_last!r}")
         return self
 
+    def check_full_batches(self, n_train: int, n_zsl: int) -> None:
+        """With ``drop_last``, refuse a batch size that leaves no full batch of the GZSL classifier's
+        ``n_train`` training samples or of the ZSL classifier's ``n_zsl`` (0: no ZSL classifier).
+        Callers that know these counts before training (``GZSLEvaluation``) check them there, so the error
+        comes before the generator trains, not at its first evaluation.
+
+        Raises:
+            ConfigError: naming ``classifier.batch_size`` and the fix.
+        """
+        if not self.drop_last:
+            return
+        fewest = min(n_train, n_zsl) if n_zsl else n_train
+        if fewest < self.batch_size:
+            raise ConfigError(f"classifier.drop_last=true with classifier.batch_size={self.batch_size} leaves no "
+                              f"full batch of the {fewest} training samples: lower batch_size or set "
+                              "drop_last=false")
+
 
 def _check_int(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -383,12 +400,9 @@ def train_and_evaluate(
     gammas = torch.tensor(cfg.calibration_gammas, dtype=torch.float64, device=p.device)
 
     n_train, bs = p.train_x.shape[0], cfg.batch_size
+    cfg.check_full_batches(n_train, n_zsl)
     n_steps_g, n_steps_z = ((n_train // bs, n_zsl // bs) if cfg.drop_last else
                             (math.ceil(n_train / bs), math.ceil(n_zsl / bs)))
-    if cfg.drop_last and (n_steps_g == 0 or (zsl is not None and n_steps_z == 0)):
-        raise ConfigError(f"classifier.drop_last=true with classifier.batch_size={bs} leaves no full batch of the "
-                          f"{min(n_train, n_zsl) if n_zsl else n_train} training samples: lower batch_size or set "
-                          "drop_last=false")
     # Every batch is gathered into this one buffer (GZSL and ZSL batches alternate): a fresh (bs, F) tensor per
     # batch (AWA2 tf-VAEGAN: 1800 x 6229 fp32, 45 MB) leaves the allocator holding several of them at once
     batch_x = p.train_x.new_empty(min(bs, max(n_train, n_zsl)), feat_dim)

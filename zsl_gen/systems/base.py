@@ -276,6 +276,11 @@ class GeneratorSystem(pl.LightningModule):
             return x.to(dtype or x.dtype)
         return out.copy_(x)
 
+    def classifier_train_sizes(self, data: ZSLData, n_per_class: int) -> tuple[int, int]:
+        """How many training samples ``classifier_inputs`` gives the GZSL and the ZSL classifier."""
+        n_synthetic = n_per_class * data.unseen_classes.numel()
+        return data.train_x.shape[0] + n_synthetic, n_synthetic
+
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
                           dtype: torch.dtype | None = None,

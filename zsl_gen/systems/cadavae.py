@@ -205,6 +205,12 @@ class CADAVAE(GeneratorSystem):
         z = self.sample_semantic_latents(semantics, n_per_class, generator)
         return decode_in_chunks(self.feature_vae.decoder, z, chunk=SYNTHESIS_CHUNK)
 
+    def classifier_train_sizes(self, data: ZSLData, n_per_class: int) -> tuple[int, int]:
+        """``n_latent_seen`` latents per seen class and ``n_latent_unseen`` per unseen class (GZSL), the unseen
+        ones alone (ZSL); ``n_per_class`` is ignored, as in ``classifier_inputs``."""
+        n_unseen = int(self.hparams.n_latent_unseen) * data.unseen_classes.numel()
+        return int(self.hparams.n_latent_seen) * torch.unique(data.train_y).numel() + n_unseen, n_unseen
+
     @torch.no_grad()
     def classifier_inputs(self, data: ZSLData, n_per_class: int, generator: torch.Generator | None = None,
                           dtype: torch.dtype | None = None,
