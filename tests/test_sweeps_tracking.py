@@ -133,6 +133,10 @@ def test_csv_logger_writes_per_epoch_s_u_h(seed_multirun):
     # the generator's training loss: one epoch mean per epoch (handed to Lightning at each epoch's last step)
     vae = [float(r["train/vae"]) for r in rows if r.get("train/vae")]
     assert len(vae) == 2 and all(math.isfinite(v) and v > 0 for v in vae)
+    # beside the metrics: the run's resolved config (the logger's hyper-parameters)
+    hparams = yaml.safe_load((metrics.parent / "hparams.yaml").read_text())
+    assert hparams["seed"] == 0 and hparams["generator"]["name"] == "cvae"
+    assert hparams["generator"]["system"]["_target_"] == "zsl_gen.systems.cvae.ConditionalVAE"
 
 
 def test_failing_job_does_not_stop_the_multirun(tmp_path, no_wandb):

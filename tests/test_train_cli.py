@@ -272,6 +272,9 @@ def test_trainer_settings_lightning_aliases_and_device_counts(monkeypatch):
     (["+trainer.strategy=ddp_spawn"], "trainer.strategy=ddp_spawn: the evaluations (and their records) would stay"),
     (["+trainer.strategy=ddp_notebook"], "trainer.strategy=ddp_notebook: the evaluations"),  # Lightning's ddp_fork
     (["generator=fclswgan", "+trainer.accumulate_grad_batches=2"], "trainer settings: "),  # manual optimisation
+    (["+trainer.accumulate_grad_batches=0"], "`trainer.accumulate_grad_batches` must be an integer >= 1, got 0"),
+    # without a launcher the process would wait forever for the other node
+    (["+trainer.num_nodes=2"], "trainer.num_nodes=2 but this process was not started by a multi-node launcher"),
     (["trainer.precision=16-mixed"], "fp16 autocast is not supported: on a CPU Lightning silently runs bf16"),
     (["trainer.precision=bf16-true"], "`trainer.precision`='bf16-true': the networks would be cast but not the data"),
     (["trainer.precision=64"], "use precision=fp32 (32-true, the default) or precision=bf16"),
@@ -290,12 +293,31 @@ def test_trainer_settings_lightning_aliases_and_device_counts(monkeypatch):
     (["selections=null"], "`selections` must be a list such as [paper,val], got None"),
     (["selections=5"], "`selections` must be a list such as [paper,val], got 5"),
 ])
-def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, overrides, named):
+def test_bad_generator_and_trainer_settings_are_one_line(tmp_path, monkeypatch, overrides, named):
+    from zsl_gen.config import MULTI_NODE_ENV
+
+    for name in MULTI_NODE_ENV:  # as a process started by hand, not by a cluster's launcher
+        monkeypatch.delenv(name, raising=False)
     proc = zsl_train(tmp_path, *TINY, "logger=none", *overrides)
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "[INFO]" not in line]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_trainer_setting_lightning_refuses_at_fit_leaves_no_logger_files(tmp_path):
+    # Lightning checks gradient clipping against the manually optimised GAN only when fit starts
+    proc = zsl_train(tmp_path, *TINY, "generator=fclswgan", "+trainer.gradient_clip_val=1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "Automatic gradient clipping is not supported for manual optimization" in proc.stderr
+    assert not (tmp_path / "run" / "csv").exists()
+
+
+def test_several_nodes_under_a_launcher_are_not_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # srun's: past the node check, to the next one
+    proc = zsl_train(tmp_path, "generator=eszsl", "+trainer.num_nodes=2", "dataset.kind=bad")
+    assert proc.returncode == 2 and "num_nodes" not in proc.stderr, proc.stderr[-2000:]
+    assert "`dataset.kind` must be 'synthetic' or 'files'" in proc.stderr
 
 
 @pytest.mark.parametrize("overrides, named", [

@@ -172,6 +172,19 @@ class RunConfigInCheckpoint(pl.Callback):
         checkpoint[self.CONFIG_KEY] = self.config
 
 
+class LogRunConfig(pl.Callback):
+    """Logs the run's resolved config into every logger when fit starts, after Lightning has checked the
+    trainer settings against the system (``accumulate_grad_batches`` or ``gradient_clip_val`` with a manually
+    optimised GAN): a refused setting leaves no logger files (``csv/<split>/hparams.yaml``) behind."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.config)
+
+
 class DivergenceGuard(pl.Callback):
     """Stops generator training with one clear ``TrainingDiverged`` error when it produces non-finite values,
     and warns when a non-negative training loss explodes while staying finite.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,13 @@ def validate_train_config(cfg: DictConfig) -> None:
                           "started processes; use trainer=ddp_cpu (strategy=ddp), or one process per job")
     devices, nodes = (OmegaConf.select(cfg, f"trainer.{k}", default=1) for k in ("devices", "num_nodes"))
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    if OmegaConf.select(cfg, "trainer.accumulate_grad_batches") is not None:  # 0 fails deep in Lightning
+        _number(cfg, "trainer.accumulate_grad_batches", minimum=1, integer=True)
+    if process_count(nodes, "cpu") > 1 and not multi_node_launch():
+        raise ConfigError(f"trainer.num_nodes={nodes} but this process was not started by a multi-node launcher "
+                          f"(none of {', '.join(MULTI_NODE_ENV)} is set), so it would wait forever for the other "
+                          "nodes: start one process per node with a launcher (on SLURM: -m hydra/launcher=slurm_gpu "
+                          f"hydra.launcher.nodes={nodes}; or torchrun --nnodes={nodes}), or remove trainer.num_nodes")
     several = process_count(devices, accelerator) > 1 or process_count(nodes, "cpu") > 1
     if (several or any(k in strategy for k in ("ddp", "fsdp", "deepspeed"))) and \
             cfg.generator.name in CLOSED_FORM_CRITICS:
@@ -259,6 +267,16 @@ def validate_train_config(cfg: DictConfig) -> None:
         check_generator_system(cfg)
 
 
+# what the cluster environments Lightning detects (SLURM, torchelastic/torchrun and Kubeflow's WORLD_SIZE, LSF,
+# MPI) or a manual multi-node start (NODE_RANK with MASTER_ADDR) set in each process
+MULTI_NODE_ENV = ("SLURM_NTASKS", "WORLD_SIZE", "NODE_RANK", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def multi_node_launch() -> bool:
+    """Whether this process was started by a launcher that runs it on several nodes."""
+    return any(os.environ.get(name) for name in MULTI_NODE_ENV)
+
+
 def process_count(value: Any, accelerator: str = "cpu") -> int:
     """How many processes a ``trainer.devices`` (or ``num_nodes``) value starts: ``2``, ``"2"``, ``[0, 1]``,
     ``"0,1"`` → 2; ``1``, ``[0]`` → 1; ``-1`` and ``"auto"`` → every GPU here with a GPU accelerator (one
@@ -270,8 +288,6 @@ def process_count(value: Any, accelerator: str = "cpu") -> int:
         return len([part for part in text.split(",") if part.strip()])
     gpu = accelerator in ("gpu", "cuda")
     if text == "auto" or text == "-1":
-        import os
-
         import torch
 
         if gpu:

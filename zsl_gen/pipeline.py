@@ -25,8 +25,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, RunConfigInCheckpoint,
-                              StreamingCheckpointIO, progress_callbacks)
+from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, LogRunConfig,
+                              RunConfigInCheckpoint, StreamingCheckpointIO, progress_callbacks)
 from zsl_gen.config import instantiate, is_real, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.protocol import protocol_indices
@@ -223,10 +223,9 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
     guard = DivergenceGuard(data.split, ckpt_dir, stop_factor=cfg.get("stop_on_explosion"))
     loggers = build_loggers(cfg, data.split, run_name=f"{cfg.generator.name}-{data.name}-seed{cfg.seed}")
     try:
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         trainer = instantiate(cfg.trainer, max_epochs=generator_epochs(cfg),
                               callbacks=[guard, evaluation, *checkpoints, *progress_callbacks(),
+                                         LogRunConfig(OmegaConf.to_container(cfg, resolve=True)),
                                          RunConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=False))],
                               enable_progress_bar=sys.stdout.isatty(), logger=loggers or False,
                               default_root_dir=str(output_dir), plugins=[StreamingCheckpointIO()])
