@@ -204,6 +204,25 @@ def test_a_failed_case_is_recorded_and_the_exit_status_says_so(tmp_path, capsys)
     assert out.with_suffix(".md").exists()
 
 
+def test_a_disk_that_fills_up_during_the_benchmark_is_one_error_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import zsl_gen.bench
+    import zsl_gen.results
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(zsl_gen.bench, "matmul_peak", lambda prec, device: {"peak_gflops": 1.0, "by_size": {}})
+    monkeypatch.setattr(zsl_gen.bench, "_run_in_subprocess", lambda spec: (None, "error: a failed case"))
+    monkeypatch.setattr(zsl_gen.results, "write_text_atomic", full)  # after the checks before the first case
+    with pytest.raises(SystemExit) as stop:
+        main(["--device", "cpu", "--tiny", "--methods", "cvae", "--datasets", "CUB", "--out", str(tmp_path / "b.json")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and lines == [f"error: {tmp_path / 'b.md'}: No space left on device; check the "
+                                              "path and the free space, or choose another path"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--methods", "foo"], "--methods: unknown foo; choose from"),
     (["--methods", ""], "--methods: empty"),

@@ -227,6 +227,20 @@ def test_trainer_settings_lightning_aliases_and_device_counts(monkeypatch):
     assert process_count("auto", "cpu") == 1 and process_count(-1, "cpu") == (os.cpu_count() or 1)
 
 
+def test_the_recorded_device_is_the_one_the_accelerator_trains_on(monkeypatch):
+    import torch
+
+    from zsl_gen.config import trainer_device
+
+    def device(accelerator):
+        return trainer_device(OmegaConf.create({"trainer": {"accelerator": accelerator}}))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert [device(a) for a in ("gpu", "cuda", "auto", "cpu")] == ["cuda", "cuda", "cuda", "cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device("auto") == "cpu" and trainer_device(OmegaConf.create({"trainer": {}})) == "cpu"
+
+
 @pytest.mark.parametrize("overrides, named", [
     (["generator.system.lr=0"], "`generator.system.lr` must be a number > 0"),
     (["generator.system.batch_size=0"], "`generator.system.batch_size` must be an integer >= 1, got 0"),

@@ -995,7 +995,6 @@ def probe_writable(path: Path, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: cannot write there ({err.strerror or err}); choose another path") from None
 
 
-@report_user_errors
 def error_line(error: str) -> str:
     """The line of a failed case's output that says why: its ``error:`` line (a warning may come first), else
     the last non-empty one."""
@@ -1004,6 +1003,7 @@ def error_line(error: str) -> str:
                 lines[-1] if lines else "failed without output")
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="zsl-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -400,6 +400,17 @@ def check_device_available(device: str, field: str, fix: str) -> None:
     raise ConfigError(f"{field}: {why}; {fix}")
 
 
+def trainer_device(cfg: DictConfig) -> str:
+    """The device type a run's ``trainer.accelerator`` trains on: ``"cuda"`` for ``gpu``/``cuda`` (and for
+    ``auto`` where torch sees a GPU, as Lightning picks), ``"cpu"`` for ``cpu`` (and ``auto`` without one)."""
+    import torch
+
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator in ("gpu", "cuda") else accelerator
+
+
 def check_torch_device(device: str) -> None:
     """The ``device=`` of zsl-eval and zsl-synthesize: ``cpu``, ``cuda`` or ``cuda:<index>``, usable here."""
     if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
@@ -421,10 +432,7 @@ def check_bf16_hardware(cfg: DictConfig, device: str | None = None,
     classifier_precision = str(OmegaConf.select(cfg, "classifier.precision", default="fp32"))
     fields = ([f"trainer.precision={trainer_precision}"] if "bf16" in trainer_precision else []) + (
         ["classifier.precision=bf16"] if classifier_precision == "bf16" else [])
-    if device is None:
-        accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="cpu")
-        device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
-    device = "cuda" if str(device).startswith("cuda") else "cpu"
+    device = "cuda" if str(device or trainer_device(cfg)).startswith("cuda") else "cpu"
     if not fields or allow or native_bf16(device):
         return
     hardware = ("this GPU has no bfloat16 units (needs Ampere or newer)" if device == "cuda" else

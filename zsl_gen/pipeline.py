@@ -27,7 +27,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, LogRunConfig,
                               RunConfigInCheckpoint, StreamingCheckpointIO, progress_callbacks)
-from zsl_gen.config import instantiate, is_real, validate_train_config
+from zsl_gen.config import instantiate, is_real, trainer_device, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.protocol import protocol_indices
 from zsl_gen.data.types import REQUIRED_LOCS, ZSLData
@@ -806,7 +806,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
         # results come from the epochs evaluated before it
         "stopped_early": stopped_early,
         "generator_export": str(output_dir / "generator") if exported else None,
-        "device": str(torch.device("cuda") if cfg.trainer.get("accelerator") == "gpu" else "cpu"),
+        "device": trainer_device(cfg),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": code_versions,
     }
