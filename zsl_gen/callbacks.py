@@ -40,6 +40,12 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda fh: torch.save(checkpoint, fh))
 
 
+def evaluation_seed(seed: int, epoch: int) -> int:
+    """The seed of the evaluation after generator epoch ``epoch`` (its synthesis noise and its classifier):
+    zsl-eval draws with the same one to reproduce a run's last evaluation."""
+    return seed * 1_000_003 + epoch
+
+
 class GZSLEvaluation(pl.Callback):
     """Every ``every_n_epochs`` generator epochs (and at the last): synthesize ``syn_num`` features per
     unseen class, train the final classifier, and record its per-classifier-epoch S/U/H/T1 curves.
@@ -94,7 +100,7 @@ class GZSLEvaluation(pl.Callback):
             return
         self._test_sets_back()
         device = pl_module.device
-        noise = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch)
+        noise = torch.Generator(device=device).manual_seed(evaluation_seed(self.seed, epoch))
         if self.data.train_x.device != device:  # moved once, not at every evaluation
             self.data = self.data.to(device)
         # Every training step sets its gradients afresh (zero_grad before backward), so the last step's
@@ -109,7 +115,7 @@ class GZSLEvaluation(pl.Callback):
                                                  offload=offload)
             release_freed_memory()  # the synthesis's and mapping's activations, before the classifier's own
             with torch.inference_mode(False), torch.enable_grad():
-                curves = train_and_evaluate(inputs, self.classifier, seed=self.seed * 1_000_003 + epoch)
+                curves = train_and_evaluate(inputs, self.classifier, seed=evaluation_seed(self.seed, epoch))
             del inputs  # before the moved tensors come back
         if trainer.max_epochs is None or epoch < trainer.max_epochs:
             self._set_test_sets_aside(trainer)

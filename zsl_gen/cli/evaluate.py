@@ -76,6 +76,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     ``explicit_classifier``: the ``classifier`` fields given on the command line; with
     ``classifier_from_export`` they keep their given values, every other field takes the export's.
     """
+    from zsl_gen.callbacks import evaluation_seed
     from zsl_gen.config import check_bf16_hardware, check_known_fields, check_torch_device
     from zsl_gen.data import apply_feature_scaling, build_protocol
     from zsl_gen.data.validate import origin_of
@@ -99,8 +100,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     meta = generator.meta
     seed = int(cfg.seed if cfg.seed is not None else meta.get("seed", 0))
     OmegaConf.update(cfg, "seed", seed)
-    # the seeds the run's own evaluation of its last epoch drew with (callbacks.GZSLEvaluation)
-    eval_seed = seed * 1_000_003 + int(meta.get("epochs", 0))
+    eval_seed = evaluation_seed(seed, int(meta.get("epochs", 0)))  # the run's own evaluation of its last epoch
     syn_num = int(cfg.syn_num if cfg.syn_num is not None else meta.get("syn_num", 300))
     hparams = generator.system.hparams
     if "n_latent_unseen" in hparams:  # CADA-VAE's classifier takes n_latent_unseen latents per unseen class: that
