@@ -271,7 +271,7 @@ def test_streaming_checkpoints_need_no_second_copy_of_the_state(tmp_path):
     assert extra["lightning"] > 150  # Lightning's own writer buffers the whole 200 MB checkpoint
     assert extra["streaming"] < 30
     for writer in extra:
-        assert torch.equal(torch.load(tmp_path / f"{writer}.ckpt")["weights"], torch.ones(50_000_000))
+        assert torch.equal(torch.load(tmp_path / f"{writer}.ckpt", weights_only=True)["weights"], torch.ones(50_000_000))
 
 
 def test_a_failed_checkpoint_save_keeps_the_previous_file_and_leaves_nothing_else(tmp_path, monkeypatch):
@@ -288,7 +288,7 @@ def test_a_failed_checkpoint_save_keeps_the_previous_file_and_leaves_nothing_els
     with pytest.raises(OSError, match="No space left"):
         StreamingCheckpointIO().save_checkpoint({"epoch": 2}, target)
     monkeypatch.undo()
-    assert torch.load(target) == {"epoch": 1}
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
 

@@ -109,11 +109,6 @@ SHAPES = {
     "FLO": (102, 20, 20, 1024, 5631, 1403, 1155, 5878, 1156),
 }
 
-# The official codes' costs quoted in the issue (2-core CPU, CUB shapes, same hyper-parameters); they could
-# not be re-measured here (no internet, no official code).
-OFFICIAL_CUB_S_PER_EPOCH = {"fclswgan": 120.0, "cadavae": 5.0}
-
-
 # ---- data -----------------------------------------------------------------------------------------------
 def default_data_root() -> Path:
     here = Path(__file__).resolve().parents[1]

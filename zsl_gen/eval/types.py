@@ -51,8 +51,3 @@ class EvalCurves:
     T1: np.ndarray
     gammas: tuple[float, ...] = (0.0,)
     row_labels: list[str] | None = None  # what each of the E rows is; None means classifier epochs 1..E
-
-    def as_dict(self) -> dict[str, list]:
-        rows = self.row_labels or [f"epoch {i + 1}" for i in range(self.S.shape[0])]
-        return {"S": self.S.tolist(), "U": self.U.tolist(), "H": self.H.tolist(), "T1": self.T1.tolist(),
-                "gammas": list(self.gammas), "rows": rows}
