@@ -34,7 +34,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from zsl_gen.data._io import move_into_place, temp_dir_beside
+from zsl_gen.data._io import move_into_place, sha256_file, temp_dir_beside
 from zsl_gen.data.protocol import apply_feature_scaling, l2_rows
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import CheckpointError, ConfigError, DataError
@@ -113,7 +113,7 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
             **_primitive(extra or {}),
         }
         save_file(state, str(tmp / WEIGHTS), metadata={"meta_sha256": meta_digest(meta)})
-        meta["weights_sha256"] = sha256_bytes((tmp / WEIGHTS).read_bytes())
+        meta["weights_sha256"] = sha256_file(tmp / WEIGHTS, cached=False)
         (tmp / META).write_text(yaml.safe_dump(meta, sort_keys=False, default_flow_style=None, width=120))
         os.chmod(tmp / WEIGHTS, (tmp / META).stat().st_mode & 0o777)  # safetensors writes 0600: as the yaml is
         if out_dir.exists():
@@ -273,7 +273,7 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> G
     if not isinstance(meta.get("weights_sha256"), str):
         raise CheckpointError(f"{meta_path}: no weights_sha256 (the file was edited or truncated); re-export the "
                               "generator or restore the file")
-    digest = sha256_bytes(weights_path.read_bytes())
+    digest = sha256_file(weights_path, cached=False)
     if digest != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights_path}: checksum {digest[:12]}… does not match weights_sha256 in {META} "
                               "(the file was modified or truncated); re-export or re-copy the directory")

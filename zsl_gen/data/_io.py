@@ -12,14 +12,14 @@ from typing import Callable, IO
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, cached by ``(resolved path, size, mtime)`` so repeated loads are cheap."""
+def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20, cached: bool = True) -> str:
+    """Hex sha256 of a file, read in chunks; cached by ``(resolved path, size, mtime)`` so repeated loads are
+    cheap, unless ``cached=False`` (an integrity check, which must read what is on disk now)."""
     p = Path(path).resolve()
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
-    cached = _SHA256_CACHE.get(key)
-    if cached is not None:
-        return cached
+    if cached and key in _SHA256_CACHE:
+        return _SHA256_CACHE[key]
     h = hashlib.sha256()
     with open(p, "rb") as fh:
         while True:
