@@ -365,7 +365,7 @@ def test_a_resume_reads_the_settings_from_its_checkpoint_and_names_a_damaged_spl
     assert "seed: 0 -> 7" in lines[0] and "its settings: the settings stored in its checkpoint" in lines[0]
     # a damaged completion record of the split read back: one line naming it
     record = run / "splits" / "test.json"
-    for damage in (record.read_text()[:40], "{}"):
+    for damage in (record.read_text()[:40], "{}", '{"epochs": ["two"]}', '{"epochs": [2]}'):
         record.write_text(damage)
         proc = zsl_train(tmp_path / "damaged", *PAPER_ONLY, "generator.epochs=2", f"ckpt_path={last}")
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -415,7 +415,7 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
                               f"{run_dir} finished {trained_to} epochs; extend it first, from "
                               f"{run_dir / 'checkpoints' / earlier / 'last.ckpt'}")
         else:
-            plan.finished[earlier] = split_curves(completed, record)
+            plan.finished[earlier] = CurveStack.from_dict(completed)
             plan.finished_warnings[earlier] = list(completed.get("warnings", []))
             if stopped:
                 plan.finished_stopped[earlier] = stopped
@@ -426,21 +426,17 @@ def resume_plan(cfg: DictConfig, splits: list[str]) -> ResumePlan:
 
 
 def read_split_record(path: Path) -> dict[str, Any]:
-    """A finished split's record (``splits/<split>.json``), or one error naming the damaged file."""
+    """A finished split's record (``splits/<split>.json``: its epochs and curves, ``CurveStack.from_dict``
+    reads them), or one error naming the damaged file."""
     try:
         record = json.loads(path.read_text())
         if not isinstance(record, dict) or not isinstance(record.get("epochs"), list):
             raise ValueError("no list of epochs")
+        if not all(isinstance(epoch, int) and not isinstance(epoch, bool) for epoch in record["epochs"]):
+            raise ValueError("epochs that are not whole numbers")
+        CurveStack.from_dict(record)
         return record
-    except (ValueError, UnicodeDecodeError, OSError) as err:
-        raise CheckpointError(f"{path}: damaged split record ({type(err).__name__}: {str(err)[:120]}); it is what a "
-                              "resume reads that split's results from: restore it, or start a new run") from None
-
-
-def split_curves(record: dict[str, Any], path: Path) -> CurveStack:
-    try:
-        return CurveStack.from_dict(record)
-    except (KeyError, TypeError, ValueError) as err:
+    except (ValueError, UnicodeDecodeError, OSError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: damaged split record ({type(err).__name__}: {str(err)[:120]}); it is what a "
                               "resume reads that split's results from: restore it, or start a new run") from None
 
