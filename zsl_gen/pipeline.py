@@ -36,7 +36,7 @@ from zsl_gen.errors import CheckpointError, ConfigError, DataError, TrainingDive
 from zsl_gen.eval import ClassifierConfig, eszsl_curves
 from zsl_gen.eval.selection import CurveStack, select
 from zsl_gen.export import export_generator
-from zsl_gen.results import summary_table, utc_now, versions, write_json_atomic
+from zsl_gen.results import flatten, summary_table, utc_now, versions, write_json_atomic
 from zsl_gen.runtime import keep_freed_memory, release_freed_memory
 from zsl_gen.tracking import build_loggers, finish_loggers, log_final_results
 
@@ -319,15 +319,6 @@ CONTINUE_MAY_CHANGE = ("generator.system.", "trainer.precision", "classifier.pre
 EARLIER_BEHAVIOUR = {"dataset.val_excludes_test": False}
 
 
-def _flat(node: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flat(value, f"{prefix}.{key}"))
-        return out or {prefix: {}}
-    return {prefix: node}
-
-
 def changed_settings(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
     """``RESULT_SETTINGS`` that differ between two run configs (unresolved): dotted key -> (old, new)."""
     before, after = {}, {}
@@ -335,7 +326,7 @@ def changed_settings(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, A
         for flat, cfg in ((before, old), (after, new)):
             value = OmegaConf.select(cfg, key, default=None)
             value = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig | ListConfig) else value
-            flat.update(_flat(value, key))
+            flat.update(flatten(value, f"{key}."))
     for key, value in EARLIER_BEHAVIOUR.items():
         if key in after and key not in before:
             before[key] = value
