@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from zsl_gen.data._io import move_into_place, sha256_file, temp_dir_beside
-from zsl_gen.data.protocol import apply_feature_scaling, l2_rows
+from zsl_gen.data.protocol import apply_feature_scaling, l2_rows, minmax_offset_span
 from zsl_gen.data.types import ZSLData
 from zsl_gen.errors import CheckpointError, ConfigError, DataError
 from zsl_gen.systems.base import GeneratorSystem
@@ -219,9 +219,7 @@ def unscale(x: torch.Tensor | np.ndarray, preprocessing: dict[str, Any]) -> torc
     feats = preprocessing.get("features", {})
     if feats.get("kind") != "minmax":
         return x
-    lo = torch.tensor(feats["min"], dtype=x.dtype)
-    hi = torch.tensor(feats["max"], dtype=x.dtype)
-    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    lo, span = (torch.from_numpy(a).to(x.dtype) for a in minmax_offset_span(feats))
     return x * span + lo
 
 

@@ -95,9 +95,7 @@ def apply_feature_scaling(x: ArrayT, preprocessing: dict[str, Any]) -> ArrayT:
             f"preprocessing['features']['kind']={kind!r} is not valid; use 'minmax' or 'none' (pass the "
             "'preprocessing' dict saved with the run)"
         )
-    mn = np.asarray(spec["min"], dtype=np.float32)
-    span = np.asarray(spec["max"], dtype=np.float32) - mn
-    span[span == 0] = 1.0
+    mn, span = minmax_offset_span(spec)
     if x.shape[-1] != mn.shape[0]:
         raise ConfigError(
             f"preprocessing['features'] was fitted on {mn.shape[0]}-d features but x has {x.shape[-1]} "
@@ -108,6 +106,15 @@ def apply_feature_scaling(x: ArrayT, preprocessing: dict[str, Any]) -> ArrayT:
         t_span = torch.from_numpy(span).to(x.device)
         return (x.float() - t_mn) / t_span
     return (np.asarray(x, dtype=np.float32) - mn) / span
+
+
+def minmax_offset_span(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``(min, max - min)`` float32 ``(D,)`` of fitted MinMax statistics (``{"kind": "minmax", "min": [...],
+    "max": [...]}``), the span 1 for constant dimensions: scaled = (x - min) / span, raw = scaled * span + min."""
+    mn = np.asarray(spec["min"], dtype=np.float32)
+    span = np.asarray(spec["max"], dtype=np.float32) - mn
+    span[span == 0] = 1.0
+    return mn, span
 
 
 def _scaled_rows(features: np.ndarray, rows: np.ndarray, feat_prep: dict[str, Any]) -> torch.Tensor:
@@ -129,9 +136,7 @@ def _scaled_rows(features: np.ndarray, rows: np.ndarray, feat_prep: dict[str, An
     else:
         out[...] = features[rows]
     if feat_prep.get("kind") == "minmax":
-        mn = np.asarray(feat_prep["min"], dtype=np.float32)
-        span = np.asarray(feat_prep["max"], dtype=np.float32) - mn
-        span[span == 0] = 1.0
+        mn, span = minmax_offset_span(feat_prep)
         out -= mn
         out /= span
     return tensor

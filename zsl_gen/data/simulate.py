@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from zsl_gen.data._io import sha256_file
-from zsl_gen.data.protocol import holdout_count
+from zsl_gen.data.protocol import holdout_count, l2_rows
 from zsl_gen.data.types import RawDataset
 from zsl_gen.data.validate import Origin, require_file, require_keys, validate_raw
 from zsl_gen.data.xlsa17 import (
@@ -160,7 +160,7 @@ def make_synthetic(
     sem = np.maximum(mix @ proto + 0.6 * rng.standard_normal((n_classes, semantic_dim)), 0.0)
     empty = sem.sum(axis=1) == 0
     sem[empty, rng.integers(0, semantic_dim, empty.sum())] = 1.0
-    sem = (sem / np.linalg.norm(sem, axis=1, keepdims=True)).astype(np.float32)
+    sem = l2_rows(sem)
 
     perm = rng.permutation(n_classes)
     unseen, val = np.sort(perm[:n_unseen]), np.sort(perm[n_unseen:n_unseen + n_val_classes])
