@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,33 @@ def test_eszsl_on_synthetic_writes_complete_results(tmp_path):
     assert set(curves) == {"val", "test"} and len(curves["test"]["rows"]) == 49
     prep = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
     assert prep["features"]["kind"] == "minmax"
+
+
+def test_a_wheel_carries_the_configs_and_trains_without_the_repository(tmp_path):
+    # `pip install .` (not -e): the wheel holds conf/ as zsl_gen/conf and every subpackage pyproject lists
+    from setuptools import find_packages
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11's tomllib reads pyproject.toml")
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert set(find_packages(str(REPO), include=["zsl_gen*"])) | {"zsl_gen.conf"} == listed
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "wheel"), str(REPO)], capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("zsl_gen-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)  # what pip install puts into site-packages
+    configs = {p.relative_to(REPO / "conf") for p in (REPO / "conf").rglob("*.yaml")}
+    assert {p.relative_to(site / "zsl_gen" / "conf") for p in (site / "zsl_gen" / "conf").rglob("*.yaml")} == configs
+    proc = subprocess.run([sys.executable, "-m", "zsl_gen.cli.train", "generator=eszsl", "dataset.synthetic.n_classes=20",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "disabled"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["generator"]["name"] == "eszsl"
+    probe = "import zsl_gen, zsl_gen.config as c; print(zsl_gen.__file__, c.CONF_DIR)"
+    where = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(site)}).stdout.split()
+    assert where == [str(site / "zsl_gen" / "__init__.py"), str(site / "zsl_gen" / "conf")]
 
 
 def test_a_copy_of_the_package_inside_another_repository_records_no_commit_of_it(tmp_path):
@@ -598,11 +626,12 @@ def test_an_explicit_generator_epochs_lifts_the_default_datasets_epoch_cap(overr
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from zsl_gen.cli.train import CONFIG_DIR, lift_default_epoch_cap
+    from zsl_gen.cli.train import lift_default_epoch_cap
+    from zsl_gen.config import CONF_DIR
     from zsl_gen.pipeline import describe_epochs, generator_epochs
 
     GlobalHydra.instance().clear()  # an in-process zsl-train run may have left it initialised
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=lift_default_epoch_cap(list(overrides)))
     assert generator_epochs(cfg) == epochs
     assert ("capped by dataset.max_generator_epochs" in describe_epochs(cfg)) == (epochs in (10, 30))

@@ -187,8 +187,9 @@ def compose_config(method: str, dataset: str, precision: str, overrides: list[st
     """The published setting of ``method`` on ``dataset`` as ``zsl-train experiment=...`` composes it."""
     from hydra import compose, initialize_config_dir
 
-    conf_dir = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+    from zsl_gen.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[f"experiment={method}_{dataset.lower()}",
                                            f"trainer.precision={PRECISIONS[precision]}", "logger=none",
                                            *(overrides or [])])

@@ -142,7 +142,10 @@ TRAINER_SET_BY_ZSL_TRAIN = {"max_epochs": "generator.epochs=<n>", "callbacks": N
                             "enable_progress_bar": None, "default_root_dir": "hydra.run.dir=<dir>", "plugins": None}
 
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# the Hydra configs: the repository's conf/ for an editable install, zsl_gen/conf inside an installed wheel
+# (pyproject.toml maps one to the other)
+CONF_DIR = next((d for d in (Path(__file__).resolve().parent / "conf", Path(__file__).resolve().parents[1] / "conf")
+                 if (d / "train.yaml").is_file()), Path(__file__).resolve().parents[1] / "conf")
 
 
 def config_groups(config_name: str = "train") -> tuple[str, ...]:

@@ -22,10 +22,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from zsl_gen.cli.common import check_fresh_run_dir, check_overrides, override_key
+from zsl_gen.config import CONF_DIR
 from zsl_gen.errors import ZSLGenError
 
 log = logging.getLogger("zsl_gen")
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def check_eval_config(cfg: DictConfig) -> None:
@@ -190,7 +190,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def eval_app(cfg: DictConfig) -> None:
     try:
         hydra_cfg = HydraConfig.get()

@@ -17,13 +17,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from zsl_gen.cli.common import EARLIER_RUN, check_fresh_run_dir, check_overrides, override_key
+from zsl_gen.config import CONF_DIR
 from zsl_gen.errors import ZSLGenError
 
 log = logging.getLogger("zsl_gen")
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def train_app(cfg: DictConfig) -> float:
     """Run one job; returns the validation H of the `val` (or `val_split`) selection: what a sweeper
     should optimise (the same number: split=val's H at its best epoch).
