@@ -4,6 +4,11 @@ The critic minimises ``E[D(x̃)] − E[D(x)] + λ · GP``; the generator minimis
 gradient penalty is returned *without* λ, so a caller can scale it (λ, tf-VAEGAN's γ_D) and adapt λ
 from it (``adapt_lambda``).
 
+``critic_loss`` and ``gradient_penalty`` are the reference definitions (autograd, any critic). The systems
+train their fixed two-layer critic with ``zsl_gen.models.networks.Critic.wgan_gp_backward``, the same loss
+with its weight gradients in closed form (tested equal to autograd through these functions); the benchmark's
+official-code loops use these.
+
 Shapes: ``B`` batch, ``D`` feature dimension, ``A`` semantic dimension.
 """
 
@@ -47,9 +52,7 @@ def gradient_penalty(critic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     """Two-sided gradient penalty on random interpolates between real and generated samples.
 
     ``x̂ = α·x + (1 − α)·x̃`` with one ``α ~ U[0, 1)`` per row; penalty ``mean_b (‖∇_x̂ D(x̂, a)‖₂ − 1)²``.
-    The graph is kept (``create_graph``) so the penalty back-propagates into the critic's weights. A critic
-    with an ``input_gradient(x, a)`` method (``zsl_gen.models.networks.Critic``) supplies ``∇ₓD`` in closed
-    form instead of the double backward: the same value and weight gradients, fewer matrix products.
+    The graph is kept (``create_graph``) so the penalty back-propagates into the critic's weights.
 
     Args:
         critic: ``D(x (B, D), a (B, A)) -> (B, 1)``.
@@ -65,13 +68,9 @@ def gradient_penalty(critic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     if alpha is None:
         alpha = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
     interpolates = alpha * real.detach() + (1 - alpha) * fake.detach()
-    input_gradient = getattr(critic, "input_gradient", None)
-    if input_gradient is not None:  # a critic that knows its input gradient in closed form (Critic)
-        grads = input_gradient(interpolates, cond)
-    else:
-        interpolates.requires_grad_(True)
-        scores = critic(interpolates, cond)
-        (grads,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
+    interpolates.requires_grad_(True)
+    scores = critic(interpolates, cond)
+    (grads,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
     norms = grads.norm(2, dim=1)
     return (norms - 1).pow(2).mean(), norms.mean().detach()
 
