@@ -558,8 +558,11 @@ def test_network_shapes_and_init():
 
 
 def test_invalid_choices_are_config_errors():
-    with pytest.raises(ConfigError, match="generator_batch"):
-        FCLSWGAN(8, 4, generator_batch="next")
+    for system in (FCLSWGAN, FVAEGAN, TFVAEGAN):  # one critic schedule check, CriticSchedule's
+        with pytest.raises(ConfigError, match="generator_batch must be one of"):
+            system(8, 4, hidden_dim=8, generator_batch="next")
+        with pytest.raises(ConfigError, match="critic_steps must be at least 1, got 0"):
+            system(8, 4, hidden_dim=8, critic_steps=0)
     with pytest.raises(ConfigError, match="adaptive_lambda_stat"):
         FVAEGAN(8, 4, hidden_dim=8, adaptive_lambda_stat="norm")
     with pytest.raises(ConfigError, match="decoder_loss"):

@@ -127,6 +127,8 @@ def calibration_gammas(cfg: DictConfig) -> tuple[float, ...]:
 
 
 def classifier_config(cfg: DictConfig) -> ClassifierConfig:
+    """The final classifier's settings from the ``classifier`` group (validated; ``ConfigError`` naming the
+    field)."""
     c = cfg.classifier
     config = ClassifierConfig(epochs=c.epochs, lr=c.lr, beta1=c.beta1, batch_size=c.batch_size,
                               weight_decay=c.weight_decay, calibration_gammas=calibration_gammas(cfg),
@@ -145,6 +147,8 @@ def offload_settings(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 def protocol_data(cfg: DictConfig, raw: RawDataset, split: str) -> ZSLData:
+    """``raw`` as the tensors of one protocol (``split``: ``"val"`` or ``"test"``), preprocessed as the
+    ``dataset`` group says; refuses features a BCE-reconstructing generator cannot take (``check_training_range``)."""
     ds = cfg.dataset
     if not isinstance(ds.l2_semantics, bool):
         raise ConfigError(f"config field `dataset.l2_semantics` must be true or false, got {ds.l2_semantics!r}")
@@ -563,12 +567,16 @@ def load_system(cfg: DictConfig, data: ZSLData, ckpt: Path) -> pl.LightningModul
 
 
 def run_eszsl(cfg: DictConfig, data: ZSLData) -> CurveStack:
+    """ESZSL's closed-form baseline on one protocol: its (γ, λ) grid as the curves' rows, one "epoch" (0)."""
     curves = eszsl_curves(data, gammas_exp=tuple(cfg.generator.gammas_exp),
                           lambdas_exp=tuple(cfg.generator.lambdas_exp), calibration_gammas=calibration_gammas(cfg))
     return CurveStack.from_records([(0, curves)])
 
 
 def dataset_record(raw: RawDataset, ds: DictConfig) -> dict[str, Any]:
+    """What ``results.json`` records of the data: name, kind, format, semantic space, the source files' sha256
+    (a simulated set: its settings and its arrays' sha256), class counts, split sizes, the preprocessing, and
+    any simulated-features note or benchmark-shape warning."""
     fmt = origin_of(raw).fmt
     byo = fmt == "byo"  # the .mat settings do not apply to it
     record: dict[str, Any] = {

@@ -71,12 +71,38 @@ def adam(params, fused: bool = True, **kwargs) -> torch.optim.Adam:
         return torch.optim.Adam(params, **kwargs)
 
 
+# where a WGAN system's generator update takes its batch: the last critic update's (the official codes) or a
+# fresh draw
+GENERATOR_BATCHES = ("last_critic", "fresh")
+
+
+class CriticSchedule:
+    """Mixin of the WGAN systems (f-CLSWGAN, f-VAEGAN, tf-VAEGAN): ``critic_steps`` critic updates per
+    generator update, each on its own batch, so a training step draws ``critic_steps`` batches (one more with
+    ``generator_batch="fresh"``)."""
+
+    @staticmethod
+    def check_critic_schedule(critic_steps: int, generator_batch: str) -> None:
+        """Raises ``ConfigError`` naming the field when either value is invalid."""
+        if generator_batch not in GENERATOR_BATCHES:
+            raise ConfigError(f"generator_batch must be one of {GENERATOR_BATCHES}, got {generator_batch!r}")
+        if critic_steps < 1:
+            raise ConfigError(f"critic_steps must be at least 1, got {critic_steps}")
+
+    @property
+    def draws_per_step(self) -> int:
+        return self.hparams.critic_steps + (self.hparams.generator_batch == "fresh")
+
+
 class GeneratorSystem(pl.LightningModule):
     """Base class of the feature generators.
 
-    Subclasses implement ``training_step`` (receiving an index batch of shape ``(draws, batch_size)``)
-    and ``synthesize``; they set ``self.batch_size`` and may override ``draws_per_step`` and
-    ``classifier_inputs``.
+    Subclasses implement ``training_step`` (receiving an index batch of shape ``(draws_per_step,
+    batch_size)``: rows of the training set, drawn on the device) and ``synthesize``; they set
+    ``self.batch_size`` and may override ``draws_per_step``. The final classifier's data come from
+    ``classifier_inputs`` (its training-set sizes from ``classifier_train_sizes``, checked before training),
+    in the space ``transform_features`` maps features to (``classifier_feature_dim`` wide; tf-VAEGAN's feature
+    map is ``feature_map_modules``); CADA-VAE overrides these for its latent space.
     """
 
     batch_size: int = 64

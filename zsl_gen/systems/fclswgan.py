@@ -13,16 +13,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zsl_gen.errors import CheckpointError, ConfigError
+from zsl_gen.errors import CheckpointError
 from zsl_gen.losses.wgan import generator_loss
 from zsl_gen.models.networks import ConditionalGenerator, Critic, LinearSoftmaxClassifier, sample_features
-from zsl_gen.systems.base import GeneratorSystem, adam
-from zsl_gen.systems.fvaegan import GENERATOR_BATCHES
+from zsl_gen.systems.base import CriticSchedule, GeneratorSystem, adam
 
 _CLASSIFIER_KEY = "seen_classifier.fc.weight"
 
 
-class FCLSWGAN(GeneratorSystem):
+class FCLSWGAN(CriticSchedule, GeneratorSystem):
     """f-CLSWGAN generator system.
 
     The seen-class classifier is pre-trained once when fitting starts (skipped when it was restored from
@@ -66,10 +65,7 @@ class FCLSWGAN(GeneratorSystem):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if generator_batch not in GENERATOR_BATCHES:
-            raise ConfigError(f"generator_batch must be one of {GENERATOR_BATCHES}, got {generator_batch!r}")
-        if critic_steps < 1:
-            raise ConfigError(f"critic_steps must be at least 1, got {critic_steps}")
+        self.check_critic_schedule(critic_steps, generator_batch)
         self.automatic_optimization = False
         self.batch_size = batch_size
         self.noise_dim = noise_dim or semantic_dim
@@ -78,10 +74,6 @@ class FCLSWGAN(GeneratorSystem):
         self.critic = Critic(feature_dim, semantic_dim, hidden_dim)
         self.seen_classifier: LinearSoftmaxClassifier | None = None
         self._seen_index: torch.Tensor | None = None  # global class id -> seen-class index (-1: unseen)
-
-    @property
-    def draws_per_step(self) -> int:  # type: ignore[override]
-        return self.hparams.critic_steps + (self.hparams.generator_batch == "fresh")
 
     def configure_optimizers(self):
         hp = self.hparams

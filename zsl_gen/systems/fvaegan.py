@@ -24,14 +24,13 @@ from zsl_gen.errors import ConfigError
 from zsl_gen.losses.vae import vae_loss
 from zsl_gen.losses.wgan import adapt_lambda, generator_loss
 from zsl_gen.models.networks import Critic, PrecastForward, reparameterize
-from zsl_gen.systems.base import adam
+from zsl_gen.systems.base import CriticSchedule, adam
 from zsl_gen.systems.cvae import ConditionalVAE
 
-GENERATOR_BATCHES = ("last_critic", "fresh")
 ADAPTIVE_STATS = ("penalty", "grad_norm")
 
 
-class FVAEGAN(ConditionalVAE):
+class FVAEGAN(CriticSchedule, ConditionalVAE):
     """f-VAEGAN generator system.
 
     Args (beyond ``ConditionalVAE``'s; ``output_activation`` stays ``"sigmoid"``):
@@ -71,22 +70,15 @@ class FVAEGAN(ConditionalVAE):
     ):
         super().__init__(feature_dim, semantic_dim, noise_dim, hidden_dim, batch_size, lr, beta1,
                          encoder_default_betas, encoder_bottleneck, output_activation)
-        if generator_batch not in GENERATOR_BATCHES:
-            raise ConfigError(f"generator_batch must be one of {GENERATOR_BATCHES}, got {generator_batch!r}")
+        self.check_critic_schedule(critic_steps, generator_batch)
         if adaptive_lambda_stat not in ADAPTIVE_STATS:
             raise ConfigError(
                 f"adaptive_lambda_stat must be one of {ADAPTIVE_STATS}, got {adaptive_lambda_stat!r}")
-        if critic_steps < 1:
-            raise ConfigError(f"critic_steps must be at least 1, got {critic_steps}")
         self.automatic_optimization = False
         self.critic = Critic(feature_dim, semantic_dim, hidden_dim)
         # λ lives in the state_dict so an adaptive λ survives checkpoint and resume.
         self.register_buffer("gp_weight", torch.tensor(float(lambda_gp)))
         self._precast: dict[str, PrecastForward] = {}  # see _critic_phase
-
-    @property
-    def draws_per_step(self) -> int:  # type: ignore[override]
-        return self.hparams.critic_steps + (self.hparams.generator_batch == "fresh")
 
     def configure_optimizers(self):
         hp = self.hparams
