@@ -660,7 +660,7 @@ def test_synthesize_reads_a_csv_with_a_header_line(trained, new_classes, tmp_pat
 
 
 @pytest.mark.parametrize("content, message", [
-    ("okapi,1\nokapi,2\n", "class names must be distinct, repeated: okapi"),
+    ("okapi,1\nokapi,2\n", "classes.csv lists class names more than once ('okapi'); class names must be unique"),
     (" ,1\nquagga,2\n", "class 1 has an empty name"),
     (b"caf\xe9,1\n", "not UTF-8 text"),
     ("\n", "no class in it"),
@@ -678,6 +678,12 @@ def test_synthesize_refuses_semantics_a_dataset_could_not_load(trained, tmp_path
     code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={tmp_path / 'none.npy'}",
                                  "n_per_class=2", f"out={tmp_path / 'out'}")
     assert code == 2 and "no classes in it" in stderr, stderr
+    # text or complex numbers in a .npy: refused, not a traceback (text) or silently made real (complex)
+    for name, array in (("text.npy", np.array([["a"] * 64])), ("complex.npy", np.ones((1, 64), np.complex64))):
+        np.save(tmp_path / name, array)
+        code, _, stderr = synthesize(f"generator={trained['export']}", f"semantics={tmp_path / name}",
+                                     "n_per_class=2", f"out={tmp_path / 'out'}")
+        assert code == 2 and len(error_lines(stderr)) == 1 and "must hold a numeric array" in stderr, stderr
     assert not (tmp_path / "out").exists()
 
 

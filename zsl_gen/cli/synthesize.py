@@ -27,6 +27,9 @@ import numpy as np
 
 from zsl_gen.cli.common import check_output_path, exit_on_sigterm, report_user_errors
 from zsl_gen.data._io import move_into_place, sha256_file, temp_dir_beside
+from zsl_gen.data.byo import load_npy, read_class_names
+from zsl_gen.data.validate import check_unique_names
+from zsl_gen.data.xlsa17 import default_class_names
 from zsl_gen.errors import ConfigError, DataError
 
 USAGE = ("usage: zsl-synthesize generator=<export dir> semantics=<file> n_per_class=<N> out=<dir> "
@@ -65,10 +68,7 @@ def read_class_semantics(path: Path, semantic_key: str = "att") -> tuple[list[st
     empty = [i for i, name in enumerate(names) if not name.strip()]
     if empty:
         raise DataError(f"{path}: class {empty[0] + 1} has an empty name; name every class")
-    seen: set[str] = set()
-    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
-    if duplicates:
-        raise DataError(f"{path}: class names must be distinct, repeated: {', '.join(duplicates[:5])}")
+    check_unique_names(names, str(path))
     return names, matrix
 
 
@@ -126,17 +126,15 @@ def _read_class_semantics(path: Path, semantic_key: str) -> tuple[list[str], np.
                             "pass semantic_key=<key>")
         matrix = np.asarray(mat.get(semantic_key), dtype=np.float32).T  # xlsa17 stores A × C
         names = (string_list(mat.get("allclasses_names")) if "allclasses_names" in mat
-                 else [f"class_{i:03d}" for i in range(matrix.shape[0])])
+                 else default_class_names(matrix.shape[0]))
         return names, matrix
     else:
         raise DataError(f"{path}: unsupported semantics file type {path.suffix!r} (use .csv, .npy, .mat or a "
                         "dataset directory)")
     if names_file.is_file():
-        from zsl_gen.data.byo import read_class_names
-
         names = read_class_names(names_file)  # as a bring-your-own dataset's: stripped, trailing blank lines dropped
     else:
-        names = [f"class_{i:03d}" for i in range(len(matrix))]
+        names = default_class_names(len(matrix))
     if len(names) != len(matrix):
         raise DataError(f"{names_file}: {len(names)} class names for {len(matrix)} semantic rows")
     return names, matrix
@@ -153,12 +151,7 @@ def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"{path}: missing")
-    try:
-        matrix = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+    matrix = load_npy(path, "semantics file (K, A)")
     if matrix.ndim != 2:
         raise DataError(f"{path}: expected a (K, A) matrix, got shape {matrix.shape}")
     return matrix.astype(np.float32)

@@ -77,7 +77,9 @@ BYO_FILES = ("features.npy", "labels.npy", "semantics.npy", "classes.txt", "spli
 _FIX = "see the bring-your-own format in the docstring of zsl_gen.data.byo"
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
+def load_npy(path: Path, what: str) -> np.ndarray:
+    """A plain numeric ``.npy`` array (bool, integer or real; no pickles, strings or complex numbers), or a
+    ``DataError`` naming ``path`` (``what``: the file's role, for the message)."""
     require_file(path, what, _FIX)
     try:
         arr = np.load(path, allow_pickle=False)
@@ -214,9 +216,9 @@ def load_byo(data_dir: str | Path, *, name: str | None = None, seed: int = 0,
         raise DataError(f"dataset directory {root} does not exist; create it with the files "
                         f"{', '.join(BYO_FILES)} ({_FIX})")
     origin = Origin.for_byo(root)
-    features = _load_npy(root / "features.npy", "features file 'features.npy' (N, D)")
-    labels = _load_npy(root / "labels.npy", "labels file 'labels.npy' (N,)")
-    semantics = _load_npy(root / "semantics.npy", "semantics file 'semantics.npy' (C, A)")
+    features = load_npy(root / "features.npy", "features file 'features.npy' (N, D)")
+    labels = load_npy(root / "labels.npy", "labels file 'labels.npy' (N,)")
+    semantics = load_npy(root / "semantics.npy", "semantics file 'semantics.npy' (C, A)")
     names = read_class_names(root / "classes.txt")
     sp = root / "splits.json"
     require_file(sp, "splits file 'splits.json'", _FIX)
