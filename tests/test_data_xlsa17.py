@@ -12,6 +12,7 @@ import scipy.io
 
 from zsl_gen.data import load_raw, load_xlsa17, save_xlsa17, simulate_features_for, write_res101
 from zsl_gen.data import _io
+from zsl_gen.data.benchmarks import BENCHMARKS
 from zsl_gen.errors import DataError
 
 try:
@@ -46,6 +47,12 @@ def test_real_file_loads_with_simulated_features(tmp_path, key):
     assert raw.class_names[0] != "class_000"
     digest = hashlib.sha256((root / fname).read_bytes()).hexdigest()
     assert raw.files[str((root / fname).resolve())] == digest
+    # the table the benchmark-shape warning, the simulator and zsl-bench read agrees with the real file
+    published = BENCHMARKS[dataset]
+    assert (published.n_seen, published.n_unseen) == (exp["seen"], exp["unseen"])
+    assert published.samples == (exp["trainval"], exp["test_seen"], exp["test_unseen"])
+    assert published.locs == (exp["train"], exp["val"]) and published.semantic_dims[raw.semantic_space] == exp["A"]
+    assert published.n_val_classes == np.unique(raw.labels[raw.locs["val"]]).size
 
 
 def test_every_shared_file_is_covered():

@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zsl_gen.data.benchmarks import BENCHMARKS
 from zsl_gen.cli.common import report_user_errors
 from zsl_gen.runtime import (
     cpu_model,
@@ -100,14 +101,6 @@ DATASETS = ("CUB", "SUN", "AWA2", "FLO")
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 _MARK = "@@ZSL-BENCH@@"
 
-# Published split sizes (REFERENCE §1) for datasets simulated without a file: classes, unseen, val classes,
-# semantic dim, trainval, test_seen, test_unseen, train, val.
-SHAPES = {
-    "CUB": (200, 50, 50, 312, 7057, 1764, 2967, 5875, 2946),
-    "SUN": (717, 72, 65, 102, 10320, 2580, 1440, 11600, 1300),
-    "AWA2": (50, 10, 13, 85, 23527, 5882, 7913, 16187, 7340),
-    "FLO": (102, 20, 20, 1024, 5631, 1403, 1155, 5878, 1156),
-}
 
 # ---- data -----------------------------------------------------------------------------------------------
 def default_data_root() -> Path:
@@ -122,7 +115,9 @@ def _write_shape_file(name: str, path: Path, seed: int = 0) -> Path:
     """An ``att_splits.mat`` with the published shape of ``name`` (random semantics, published split sizes)."""
     import scipy.io
 
-    c, _, _, a, n_tv, n_ts, n_tu, n_tr, n_val = SHAPES[name]
+    published = BENCHMARKS[name]  # its first semantic space: CUB's attributes, FLO's sentences
+    c, a = published.n_classes, next(iter(published.semantic_dims.values()))
+    (n_tv, n_ts, n_tu), (n_tr, n_val) = published.samples, published.locs
     rng = np.random.default_rng(seed)
     sem = np.abs(rng.standard_normal((c, a))).astype(np.float64)
     sem /= np.linalg.norm(sem, axis=1, keepdims=True)

@@ -29,6 +29,7 @@ from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEv
                               RunConfigInCheckpoint, StreamingCheckpointIO, progress_callbacks)
 from zsl_gen.config import instantiate, is_real, trainer_device, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
+from zsl_gen.data.benchmarks import BENCHMARKS
 from zsl_gen.data.protocol import protocol_indices
 from zsl_gen.data.types import REQUIRED_LOCS, ZSLData
 from zsl_gen.data.validate import origin_of
@@ -621,35 +622,26 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         finish_loggers(open_loggers)
 
 
-# The xlsa17 benchmarks' classes (seen / unseen), samples (trainval, test_seen, test_unseen) and semantic
-# dimensions per space, REFERENCE §1
-BENCHMARK_CLASSES = {"CUB": (150, 50), "SUN": (645, 72), "AWA1": (40, 10), "AWA2": (40, 10), "APY": (20, 12),
-                     "FLO": (82, 20)}
-BENCHMARK_SAMPLES = {"CUB": (7057, 1764, 2967), "SUN": (10320, 2580, 1440), "AWA1": (19832, 4958, 5685),
-                     "AWA2": (23527, 5882, 7913), "APY": (5932, 1483, 7924), "FLO": (5631, 1403, 1155)}
-BENCHMARK_SEMANTIC_DIMS = {("CUB", "att"): 312, ("CUB", "sent"): 1024, ("SUN", "att"): 102, ("AWA1", "att"): 85,
-                           ("AWA2", "att"): 85, ("APY", "att"): 64, ("FLO", "sent"): 1024}
-
-
 def benchmark_shape_warning(raw: RawDataset) -> str | None:
     """A warning when data read under a benchmark's name (``dataset=cub``, results labelled CUB) does not have
     that benchmark's seen/unseen classes, split sizes or semantic dimension: another dataset's directory
     (AWA2's read as AWA1: the same classes, other samples), a subset, or sentence embeddings labelled ``att``
     would be reported as that benchmark."""
     key = str(raw.name).upper()
-    if key not in BENCHMARK_CLASSES:
+    if key not in BENCHMARKS:
         return None
+    published = BENCHMARKS[key]
     problems = []
     got = (int(len(raw.seen_classes)), int(len(raw.unseen_classes)))
-    if got != BENCHMARK_CLASSES[key]:
+    if got != (published.n_seen, published.n_unseen):
         problems.append(f"{got[0]} seen / {got[1]} unseen classes, but {key} has "
-                        f"{BENCHMARK_CLASSES[key][0]} / {BENCHMARK_CLASSES[key][1]}")
+                        f"{published.n_seen} / {published.n_unseen}")
     sizes = tuple(int(len(raw.locs[n])) for n in REQUIRED_LOCS)
-    if sizes != BENCHMARK_SAMPLES[key]:
+    if sizes != published.samples:
         problems.append("trainval / test_seen / test_unseen hold {} / {} / {} samples, but {} has {} / {} / {}"
-                        .format(*sizes, key, *BENCHMARK_SAMPLES[key]))
+                        .format(*sizes, key, *published.samples))
     dim = int(raw.semantics.shape[1])
-    expected_dim = BENCHMARK_SEMANTIC_DIMS.get((key, str(raw.semantic_space)))
+    expected_dim = published.semantic_dims.get(str(raw.semantic_space))
     if expected_dim is not None and dim != expected_dim:
         problems.append(f"the semantics are {dim}-d, but {key}'s '{raw.semantic_space}' vectors are "
                         f"{expected_dim}-d")

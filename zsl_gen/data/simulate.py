@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from zsl_gen.data._io import sha256_file
+from zsl_gen.data.benchmarks import BENCHMARKS
 from zsl_gen.data.protocol import holdout_count, l2_rows
 from zsl_gen.data.types import RawDataset
 from zsl_gen.data.validate import Origin, require_file, require_keys, validate_raw
@@ -40,7 +41,7 @@ __all__ = ["make_synthetic", "simulate_features_for", "write_res101", "FeatureMo
            "BENCHMARK_CLASS_COUNTS"]
 
 # n_classes -> (n_unseen, n_val_classes) of the published splits.
-BENCHMARK_CLASS_COUNTS = {200: (50, 50), 717: (72, 65), 50: (10, 13), 32: (12, 5), 102: (20, 20)}
+BENCHMARK_CLASS_COUNTS = {b.n_classes: (b.n_unseen, b.n_val_classes) for b in BENCHMARKS.values()}
 
 HIDDEN = 128       # width of the random semantic map
 GAIN = 1.5         # how far into tanh's saturation the map goes (its nonlinearity)
