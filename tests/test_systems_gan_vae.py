@@ -791,3 +791,16 @@ def test_a_batch_size_beyond_the_training_samples_is_one_batch_of_all_of_them(ti
     (batch,) = recorder.batches[0]  # one step, no sample repeated
     assert batch.numel() == n and torch.equal(batch.flatten().sort().values, torch.arange(n))
     assert f"batch_size={10 * n} exceeds the {n} training samples" in caplog.text
+
+
+def test_the_config_tables_of_generators_match_their_systems():
+    # config.py names the systems before any is built: its tables must say what the classes say
+    import hydra.utils
+
+    from zsl_gen.config import CLOSED_FORM_CRITICS, GENERATOR_SYSTEMS
+    from zsl_gen.systems.base import CriticSchedule, GeneratorSystem
+
+    classes = {name: hydra.utils.get_class(target) for name, target in GENERATOR_SYSTEMS.items() if target}
+    assert all(issubclass(cls, GeneratorSystem) for cls in classes.values())
+    assert set(classes) == {p.stem for p in (REPO / "conf" / "generator").glob("*.yaml")} - {"eszsl"}
+    assert {name for name, cls in classes.items() if issubclass(cls, CriticSchedule)} == set(CLOSED_FORM_CRITICS)
