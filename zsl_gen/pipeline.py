@@ -704,6 +704,21 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+def export_test_generator(cfg: DictConfig, system: pl.LightningModule, data: ZSLData, out: Path,
+                          stopped: dict[str, Any] | None) -> None:
+    """Export the test split's trained generator to ``out`` with what zsl-eval and zsl-synthesize read back: the
+    method, ``syn_num``, seed, paper rule, the epochs it trained (those before a divergence that stopped it) and
+    the classifier settings."""
+    classifier = OmegaConf.to_container(cfg.classifier, resolve=False)
+    export_generator(system, data, out, extra={
+        "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
+        "paper_selection": str(cfg.get("paper_selection", "best")),
+        "epochs": stopped["last_evaluated_epoch"] if stopped else generator_epochs(cfg),
+        "classifier": OmegaConf.to_container(cfg.classifier, resolve=True),
+        # zsl-eval syn_num=N then sets the batch size as zsl-train generator.syn_num=N would
+        "classifier_batch_size_follows_syn_num": classifier.get("batch_size") == "${generator.syn_num}"})
+
+
 def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resume: ResumePlan,
                 output_dir: Path, open_loggers: list, code_versions: dict[str, Any]) -> dict[str, Any]:
     """Train/evaluate each split in order, select, write the result files (see ``run``)."""
@@ -753,14 +768,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
                               {**stacks[split].as_dict(percent=False), "warnings": split_warnings,
                                "stopped": stopped_early.get(split)})
         if cfg.generator.name != "eszsl" and split == "test" and is_rank_zero():
-            export_generator(system, data, output_dir / "generator", extra={
-                "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
-                "paper_selection": paper_rule,
-                "epochs": stopped_early["test"]["last_evaluated_epoch"] if "test" in stopped_early
-                else generator_epochs(cfg), "classifier": OmegaConf.to_container(cfg.classifier, resolve=True),
-                # zsl-eval syn_num=N then sets the batch size as zsl-train generator.syn_num=N would
-                "classifier_batch_size_follows_syn_num": OmegaConf.to_container(cfg.classifier, resolve=False)
-                .get("batch_size") == "${generator.syn_num}"})
+            export_test_generator(cfg, system, data, output_dir / "generator", stopped_early.get("test"))
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
         if split != "test":  # only the test split's generator is exported; an earlier split's system would sit
             system = trained = None  # beside the next one's training with its trainer's optimiser state
