@@ -292,6 +292,20 @@ def test_a_failed_checkpoint_save_keeps_the_previous_file_and_leaves_nothing_els
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
 
 
+def test_a_checkpoint_save_removes_what_a_killed_save_of_it_left(tmp_path):
+    from zsl_gen.callbacks import StreamingCheckpointIO
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    target.parent.mkdir()
+    # atomic_write's temporary names: a SIGKILL mid-write leaves one of them (as large as the checkpoint)
+    (target.parent / ".last.ckpt.k3x9_q.tmp").write_bytes(b"half a checkpoint")
+    (target.parent / ".best-epoch002.ckpt.a1b2.tmp").write_bytes(b"another checkpoint's")
+    (target.parent / ".notes.txt.x1.tmp").write_bytes(b"not a checkpoint's")
+    StreamingCheckpointIO().save_checkpoint({"epoch": 3}, target)
+    assert torch.load(target, weights_only=True) == {"epoch": 3}
+    assert sorted(p.name for p in target.parent.iterdir()) == [".notes.txt.x1.tmp", "last.ckpt"]
+
+
 def test_a_write_that_fails_only_at_the_flush_keeps_that_tensor(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(runtime.tempfile, "TemporaryFile", lambda **kw: _FailingFile(flushes=1, **kw))
     first, second = torch.randn(300, 300), torch.randn(300, 300)

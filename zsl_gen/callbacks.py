@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 import sys
@@ -32,12 +33,19 @@ class StreamingCheckpointIO(TorchCheckpointIO):
     Lightning's ``TorchCheckpointIO`` serialises the whole checkpoint into an in-memory buffer first, so each
     save briefly holds a second copy of every weight and optimiser moment: tf-VAEGAN at AWA2 shapes, 0.85 GB
     of them, was its run's peak memory (1.74 → 2.43 GB at the checkpoints after an evaluation).
+
+    A save that succeeds removes the temporary checkpoint files beside it that a killed process (SIGKILL, an
+    out-of-memory kill) left behind, each as large as a checkpoint: one process saves a run's checkpoints,
+    one after the other (in DDP, rank 0), so no other save is under way there.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
         atomic_write(path, lambda fh: torch.save(checkpoint, fh))
+        for stale in path.parent.glob(f".*{glob.escape(path.suffix)}.*.tmp"):  # atomic_write's temporary names
+            stale.unlink(missing_ok=True)
 
 
 def evaluation_seed(seed: int, epoch: int) -> int:
