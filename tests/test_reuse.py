@@ -404,6 +404,18 @@ def zsl_eval(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return run_app(main, ["zsl-eval", f"hydra.run.dir={tmp_path / 'eval'}", *overrides], tmp_path)
 
 
+def test_eval_help_lists_the_groups_eval_composes_and_every_dataset(tmp_path):
+    from zsl_gen.cli.evaluate import main
+
+    proc = run_app(main, ["zsl-eval", "--help"], tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("zsl-eval: evaluate an exported generator"), proc.stdout
+    groups = proc.stdout.split("== Configuration groups")[1].split("== Config ==")[0]
+    assert "generator:" not in groups and "trainer:" not in groups and "experiment:" not in groups
+    datasets = groups.split("dataset:")[1].split("\n")[0]
+    listed = {name.strip(" ,()") for name in datasets.split("(")[1].split(")")[0].split(",")} | {"byo"}
+    assert listed == {p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "dataset").glob("*.yaml")}
+
+
 def test_eval_of_an_export_trains_no_generator(trained, tmp_path, monkeypatch):
     import pytorch_lightning as pl
 
