@@ -11,7 +11,6 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -182,10 +181,6 @@ def check_launcher(argv: list[str]) -> None:
         sys.exit(2)
 
 
-class NoTrialFinished(CompactHydraException):
-    """Every trial of an Optuna search failed: Hydra prints this message alone (no traceback)."""
-
-
 def one_line_when_no_trial_finishes(argv: list[str]) -> None:
     """When every trial fails, the Optuna sweeper asks for the best of no trials and dies with a traceback
     (optuna's "No trials are completed yet."): its ``sweep`` is wrapped to say it in one line instead. Only
@@ -209,11 +204,15 @@ def one_line_when_no_trial_finishes(argv: list[str]) -> None:
                 raise
             sweep_dir = OmegaConf.select(self.config, "hydra.sweep.dir") if self.config is not None else None
             if int(getattr(self, "n_trials", 1) or 0) < 1:  # nothing ran: nothing failed either
-                raise NoTrialFinished(f"error: hydra.sweeper.n_trials={getattr(self, 'n_trials', None)}: the search "
-                                      "ran no trial; give it at least one (e.g. hydra.sweeper.n_trials=20)") from None
-            raise NoTrialFinished(f"error: every trial of the search failed, so there are no best parameters: the "
-                                  f"failures are above and in {sweep_dir or 'the sweep directory'}/<trial>/error.txt; "
-                                  "fix what failed and run the search again") from None
+                print(f"error: hydra.sweeper.n_trials={getattr(self, 'n_trials', None)}: the search ran no trial; "
+                      "give it at least one (e.g. hydra.sweeper.n_trials=20)", file=sys.stderr)
+            else:
+                print(f"error: every trial of the search failed, so there are no best parameters: the failures are "
+                      f"above and in {sweep_dir or 'the sweep directory'}/<trial>/error.txt; fix what failed and run "
+                      "the search again", file=sys.stderr)
+            # SystemExit passes through Hydra's error report (an Exception would get its HYDRA_FULL_ERROR hint
+            # after this line); its multirun-end callbacks still run
+            raise SystemExit(1) from None
 
     sweep_reporting_no_trial.zsl_gen_wrapped = True
     OptunaSweeperImpl.sweep = sweep_reporting_no_trial
