@@ -68,6 +68,21 @@ def batch_size_follows_syn_num(meta: dict) -> bool:
     return bool(follows)
 
 
+def unseen_classes_it_trained_on(generator, class_names: list[str], data) -> list[str]:
+    """The names of ``data``'s unseen classes that the exported ``generator`` (``export.Generator``) trained on
+    as seen classes: the same name and the same (preprocessed) class vector, so that placeholder names
+    (``class_000``, ... of files without names) of unrelated datasets do not count."""
+    trained = {c["name"]: i for i, c in enumerate(generator.meta.get("classes", [])) if c.get("role") == "seen"}
+    vectors = generator.class_semantics
+
+    def trained_on(c: int) -> bool:
+        row = trained.get(class_names[c])
+        return row is not None and vectors is not None and row < len(vectors) and \
+            torch.allclose(data.semantics[c].float(), vectors[row].float())
+
+    return [class_names[c] for c in data.unseen_classes.tolist() if trained_on(c)]
+
+
 def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[str] | frozenset = frozenset(),
                     explicit_dataset: set[str] | frozenset = frozenset()) -> dict:
     """Evaluate ``cfg.export`` on ``cfg.dataset``; write and return its results.
@@ -130,17 +145,7 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
         raise CheckpointError(
             f"{cfg.export}: generator expects {meta['feature_dim']}-d features and {meta['semantic_dim']}-d "
             f"semantics, dataset {raw.name} has {data.feature_dim} and {data.semantic_dim}")
-    # a class the generator trained on: the same name and the same (preprocessed) class vector, so that placeholder
-    # names (class_000, ... of files without names) of unrelated datasets do not count
-    trained = {c["name"]: i for i, c in enumerate(meta.get("classes", [])) if c.get("role") == "seen"}
-    vectors = generator.class_semantics
-
-    def trained_on(c: int) -> bool:
-        row = trained.get(raw.class_names[c])
-        return row is not None and vectors is not None and row < len(vectors) and \
-            torch.allclose(data.semantics[c].float(), vectors[row].float())
-
-    leaked = [raw.class_names[c] for c in data.unseen_classes.tolist() if trained_on(c)]
+    leaked = unseen_classes_it_trained_on(generator, raw.class_names, data)
     if leaked:
         raise CheckpointError(
             f"{len(leaked)} of dataset {raw.name}'s unseen classes ({', '.join(map(repr, leaked[:5]))}"
