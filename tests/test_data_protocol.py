@@ -113,9 +113,9 @@ def test_val_protocol_holdout(raw, excludes_test):
     np.testing.assert_array_equal(d.unseen_classes.numpy(), val_classes)
     assert not set(d.seen_classes.numpy()) & set(val_classes)
     assert not set(d.seen_classes.numpy()) & set(raw.unseen_classes)  # test classes stay untouched
-    for c in d.seen_classes.numpy():  # per-class fraction
+    for c in d.seen_classes.numpy():  # per-class fraction: round(0.2 n), at least one, never all
         n_c = int(np.sum(raw.labels[train_loc] == c))
-        assert int(np.sum(d.seen_y.numpy() == c)) == holdout_count(n_c, 0.2)
+        assert int(np.sum(d.seen_y.numpy() == c)) == min(n_c - 1, max(1, int(0.2 * n_c + 0.5)))
     scaled = build_protocol(raw, "val", val_seen_fraction=0.2, seed=5, val_excludes_test=excludes_test)
     prep = scaled.preprocessing
     assert prep["features"]["fitted_on"].startswith("train") and prep["features"]["n_fit"] == tr.size
@@ -140,6 +140,7 @@ def test_holdout_counts():
     assert holdout_count(3, 0.01) == 1
     assert holdout_count(10, 0.2) == 2
     assert holdout_count(5, 0.99) == 4
+    assert holdout_count(13, 0.2) == 3 and holdout_count(12, 0.2) == 2 and holdout_count(5, 0.5) == 3  # rounded
 
 
 def test_singleton_class_is_not_held_out():

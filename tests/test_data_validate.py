@@ -171,6 +171,12 @@ def test_seen_unseen_overlap_lists_classes(tmp_path):
         _load(tmp_path, res, att)
     assert_user_error(ei, "overlap", "'cls4'", "'cls5'", "key 'trainval_loc'", "key 'test_unseen_loc'",
                       "same release")
+    # a single shared class is refused as well
+    att["trainval_loc"] = np.concatenate([att["trainval_loc"].ravel()[:-2], tu[[0]]]).reshape(-1, 1)
+    with pytest.raises(DataError) as ei:
+        _load(tmp_path, res, att)
+    assert_user_error(ei, "overlap", "'cls4'")
+    assert "'cls5'" not in str(ei.value)
 
 
 def test_test_seen_class_without_trainval(tmp_path):

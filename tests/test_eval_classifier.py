@@ -37,6 +37,15 @@ def _inputs(noise: float = 0.3, with_unseen: bool = True, seed: int = 0) -> Clas
                             SEEN, UNSEEN)
 
 
+@pytest.mark.parametrize("seen, unseen", [([0, 1], [1, 2]), ([0, 0], [2, 3]), ([-1, 0], [2, 3])])
+def test_class_sets_that_overlap_repeat_or_go_negative_are_refused(seen, unseen):
+    # a class both seen and unseen would be scored twice, once as each: no silent number
+    inputs = _inputs()
+    bad = dataclasses.replace(inputs, seen_classes=torch.tensor(seen), unseen_classes=torch.tensor(unseen))
+    with pytest.raises(DataError, match="distinct, non-negative, disjoint"):
+        train_and_evaluate(bad, FAST, seed=0)
+
+
 def test_separable_blobs_reach_high_accuracy():
     curves = train_and_evaluate(_inputs(), FAST, seed=0)
     assert curves.S[-1, 0] > 0.9 and curves.U[-1, 0] > 0.9 and curves.H[-1, 0] > 0.9

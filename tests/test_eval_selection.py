@@ -58,6 +58,12 @@ def test_paper_best_at_last_epoch_chooses_among_the_last_generator_epochs_classi
     assert paper["gzsl_chosen"] == paper["zsl_chosen"] == {"epoch": 20, "classifier": "classifier epoch 2",
                                                             "gamma": 0.0}
     assert paper["chosen_on"] == "test" and paper["optimistic"] is True and paper["rule"] == "best_at_last_epoch"
+    # the last generator epoch's own argmax, not the first's (classifier epoch 3 here, where epoch 10 peaks at 1)
+    moved = CurveStack.from_records([(10, curves([0.9, 0.1, 0.2], [0.9, 0.1, 0.2])),
+                                     (20, curves([0.2, 0.3, 0.7], [0.2, 0.3, 0.6]))])
+    assert moved.best_at_last_epoch("H") == (1, 2, 0)
+    paper = select({"test": moved}, ["paper"], paper="best_at_last_epoch")["paper"]
+    assert paper["gzsl"]["H"] == 70.0 and paper["zsl"]["T1"] == 60.0
     # over γ too, and NaN never wins; ties go to the earliest classifier epoch
     h = np.array([[0.3, np.nan], [0.3, 0.5]])  # 2 classifier epochs x gammas (0.0, 0.5)
     stack = CurveStack.from_records([(1, EvalCurves(S=h * 0 + 0.9, U=h, H=h * 2, T1=h, gammas=(0.0, 0.5))),

@@ -224,6 +224,33 @@ def test_tampered_or_truncated_weights_are_clear_errors(export_copy):
     assert zsl_gen.load_generator(export_copy).meta["weights_sha256"] == meta["weights_sha256"]
 
 
+def test_class_semantics_that_do_not_match_the_recorded_checksum_are_refused(export_copy):
+    # weights rewritten consistently (header digest, weights_sha256) but with other class vectors: the
+    # semantics_sha256 recorded at export still tells
+    from safetensors.torch import load_file, save_file
+
+    weights = export_copy / "generator.safetensors"
+    tensors = load_file(str(weights))
+    tensors["class_semantics"] = tensors["class_semantics"] + 0.5
+    save_file(tensors, str(weights))
+    rewrite_export_meta(export_copy, yaml.safe_load((export_copy / "generator.yaml").read_text()))
+    with pytest.raises(CheckpointError, match="class semantics missing or not matching semantics_sha256"):
+        zsl_gen.load_generator(export_copy)
+
+
+def test_unscale_inverts_minmax_scaling_with_its_offsets():
+    # per-dimension minima other than 0 (the simulator's are all 0), and a constant dimension (span 1)
+    from zsl_gen.data import apply_feature_scaling
+    from zsl_gen.export import unscale
+
+    prep = {"features": {"kind": "minmax", "min": [1.0, -2.0, 3.0], "max": [3.0, 2.0, 3.0]}}
+    scaled = torch.tensor([[0.0, 0.5, 0.2], [1.0, 1.0, 0.7]])
+    raw = unscale(scaled, prep)
+    torch.testing.assert_close(raw, torch.tensor([[1.0, 0.0, 3.2], [3.0, 2.0, 3.7]]))
+    torch.testing.assert_close(apply_feature_scaling(raw, prep), scaled)
+    np.testing.assert_allclose(unscale(scaled.numpy(), prep), raw.numpy())  # an array for an array
+
+
 def rewrite_export_meta(export_dir: Path, meta: dict) -> None:
     """Write ``meta`` as if the export had been made with it (its digest in the weights header, their sha256)."""
     from safetensors.torch import load_file, save_file

@@ -463,8 +463,10 @@ def test_offload_during_evaluation_changes_no_number(generator, tmp_path, monkey
 
     monkeypatch.setattr(callbacks, "evaluation_offload", counting)
     runs = {}
+    # a third of the simulated samples: every tensor is offloaded whatever its size (_OFFLOAD_MIN_BYTES = 0)
     size = (("generator.epochs=2", "classifier.epochs=2", "generator.syn_num=50", "generator.system.latent_dim=8")
-            if generator == "cadavae" else (*TINY, "generator.system.hidden_dim=128"))
+            if generator == "cadavae" else (*TINY, "generator.system.hidden_dim=128")) + (
+        "dataset.synthetic.samples_per_class=20",)
     for flag in ("0", "null"):
         proc = zsl_train(tmp_path / flag, *size, f"generator={generator}", "selections=[paper]",
                          f"offload_optimizer_state_mb={flag}")
@@ -836,3 +838,46 @@ def test_a_single_run_into_a_directory_holding_a_run_is_refused_before_hydra_sta
     # Lightning's DDP ranks > 0 start into rank 0's run directory, and sweeps rerun into their job directories
     check_fresh_run_dir([f'hydra.run.dir="{tmp_path / "run"}"', "hydra.job.name=train_ddp_process_1"])
     check_fresh_run_dir(["-m", f"hydra.run.dir={tmp_path / 'run'}"])
+
+
+def test_the_seed_sets_the_generators_initial_weights(tmp_path, monkeypatch):
+    # seeds must vary the generator's initialisation too (not only the hold-out, batches and evaluations), or the
+    # ± std over seeds would understate the method's spread
+    from zsl_gen.systems.cvae import ConditionalVAE
+
+    initial = []
+    set_data = ConditionalVAE.set_data
+
+    def record(self, *args, **kwargs):  # called on the freshly built system, before training
+        initial.append(torch.cat([p.detach().flatten() for p in self.parameters()]).clone())
+        return set_data(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConditionalVAE, "set_data", record)
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        proc = zsl_train(tmp_path / run, *TINY, "generator.epochs=1", "classifier.epochs=1", "selections=[paper]",
+                         "logger=none", f"seed={seed}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(initial) == 3
+    assert torch.equal(initial[0], initial[1]) and not torch.equal(initial[0], initial[2])
+
+
+def test_val_excludes_test_reaches_the_protocol_and_the_record(tmp_path):
+    n_fit = {}
+    for excludes in (True, False):
+        run = tmp_path / str(excludes)
+        proc = zsl_train(run, "generator=eszsl", "selections=[val_split]", f"dataset.val_excludes_test={excludes}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads((run / "run" / "results.json").read_text())["protocol"]["val_excludes_test"] is excludes
+        n_fit[excludes] = json.loads((run / "run" / "preprocessing.json").read_text())["features"]["n_fit"]
+    assert n_fit[False] > n_fit[True]  # the test_seen images join split=val's training rows
+
+
+def test_l2_semantics_reaches_training_and_the_export(tmp_path):
+    import zsl_gen
+
+    proc = zsl_train(tmp_path, *TINY, "generator.epochs=1", "classifier.epochs=1", "selections=[paper]",
+                     "logger=none", "dataset.l2_semantics=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "preprocessing.json").read_text())["semantics"]["l2"] is True
+    vectors = zsl_gen.load_generator(tmp_path / "run" / "generator").class_semantics
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(len(vectors)))
