@@ -249,6 +249,8 @@ def test_unscale_inverts_minmax_scaling_with_its_offsets():
     torch.testing.assert_close(raw, torch.tensor([[1.0, 0.0, 3.2], [3.0, 2.0, 3.7]]))
     torch.testing.assert_close(apply_feature_scaling(raw, prep), scaled)
     np.testing.assert_allclose(unscale(scaled.numpy(), prep), raw.numpy())  # an array for an array
+    wide = unscale(scaled.double(), {"features": {"kind": "minmax", "min": [1234.1], "max": [1234.3]}})[:, :1]
+    torch.testing.assert_close(wide, torch.tensor([[1234.1], [1234.3]], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 def rewrite_export_meta(export_dir: Path, meta: dict) -> None:

@@ -304,6 +304,8 @@ def test_a_checkpoint_save_removes_what_a_killed_save_of_it_left(tmp_path):
     StreamingCheckpointIO().save_checkpoint({"epoch": 3}, target)
     assert torch.load(target, weights_only=True) == {"epoch": 3}
     assert sorted(p.name for p in target.parent.iterdir()) == [".notes.txt.x1.tmp", "last.ckpt"]
+    StreamingCheckpointIO().save_checkpoint({"epoch": 4}, target.parent / "state")  # not a Lightning checkpoint
+    assert (target.parent / ".notes.txt.x1.tmp").exists()
 
 
 def test_a_write_that_fails_only_at_the_flush_keeps_that_tensor(tmp_path, monkeypatch, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -66,8 +67,15 @@ def test_a_wheel_carries_the_configs_and_trains_without_the_repository(tmp_path)
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11's tomllib reads pyproject.toml")
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     assert set(find_packages(str(REPO), include=["zsl_gen*"])) | {"zsl_gen.conf"} == listed
+    # built from a copy of what the build reads: a build in the checkout writes build/ there, whose leftovers
+    # (a config since renamed) setuptools would put into every later wheel
+    source = tmp_path / "source"
+    for part in ("zsl_gen", "conf"):
+        shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(tmp_path / "wheel"), str(REPO)], capture_output=True, text=True, cwd=tmp_path)
+                            str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "wheel").glob("zsl_gen-*.whl")
     site = tmp_path / "site"
@@ -88,8 +96,6 @@ def test_a_wheel_carries_the_configs_and_trains_without_the_repository(tmp_path)
 
 def test_a_copy_of_the_package_inside_another_repository_records_no_commit_of_it(tmp_path):
     # a non-editable install into a repository's .venv: that repository's HEAD is not the code that ran
-    import shutil
-
     repo = tmp_path / "repo"
     site = repo / ".venv" / "lib"
     shutil.copytree(REPO / "zsl_gen", site / "zsl_gen", ignore=shutil.ignore_patterns("__pycache__"))
@@ -153,7 +159,7 @@ def test_a_batch_size_drop_last_cannot_fill_is_refused_before_the_generator_trai
     assert "classifier.drop_last=true with classifier.batch_size=450 leaves no full batch of the 400 " \
            "training samples" in proc.stderr
     assert "Traceback" not in proc.stderr and "trained before" not in proc.stderr
-    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    assert not list((tmp_path / "run").rglob("*.ckpt")) and not (tmp_path / "run" / "csv").exists()
 
 
 def test_missing_dataset_files_name_the_file_and_the_fix(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import sys
@@ -44,8 +43,9 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         atomic_write(path, lambda fh: torch.save(checkpoint, fh))
-        for stale in path.parent.glob(f".*{glob.escape(path.suffix)}.*.tmp"):  # atomic_write's temporary names
-            stale.unlink(missing_ok=True)
+        if path.suffix == ".ckpt":  # Lightning's checkpoints: no other file's temporaries
+            for stale in path.parent.glob(".*.ckpt.*.tmp"):  # atomic_write's temporary names
+                stale.unlink(missing_ok=True)
 
 
 def evaluation_seed(seed: int, epoch: int) -> int:
@@ -81,8 +81,6 @@ class GZSLEvaluation(pl.Callback):
         # last (say 3 with eval_every=2); off the new schedule, it goes, so the curves equal a run trained to
         # the new length in one go
         self.records = [(e, c) for e, c in self.records if self._due(trainer, e)]
-        # a batch size the classifier cannot use fails here, before the generator trains
-        self.classifier.check_full_batches(*pl_module.classifier_train_sizes(self.data, self.syn_num))
         self._set_test_sets_aside(trainer)
 
     def _set_test_sets_aside(self, trainer: pl.Trainer) -> None:

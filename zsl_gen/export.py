@@ -219,7 +219,8 @@ def unscale(x: torch.Tensor | np.ndarray, preprocessing: dict[str, Any]) -> torc
     feats = preprocessing.get("features", {})
     if feats.get("kind") != "minmax":
         return x
-    lo, span = (torch.from_numpy(a).to(x.dtype) for a in minmax_offset_span(feats))
+    wide = np.float64 if x.dtype == torch.float64 else np.float32  # float32: scaling's own statistics
+    lo, span = (torch.from_numpy(a).to(x.dtype) for a in minmax_offset_span(feats, wide))
     return x * span + lo
 
 

@@ -211,6 +211,8 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
         keep_freed_memory()
     system = instantiate(cfg.generator.system, feature_dim=data.feature_dim, semantic_dim=data.semantic_dim)
     system.set_data(data, seed=cfg.seed)
+    # a batch size the final classifier cannot use fails here, before any logger file exists or the generator trains
+    classifier_config(cfg).check_full_batches(*system.classifier_train_sizes(data, cfg.generator.syn_num))
     ckpt_dir = output_dir / "checkpoints" / data.split
     evaluation = GZSLEvaluation(data, classifier_config(cfg), syn_num=cfg.generator.syn_num,
                                 every_n_epochs=cfg.eval_every, seed=cfg.seed,
@@ -705,14 +707,14 @@ def is_rank_zero() -> bool:
 
 
 def export_test_generator(cfg: DictConfig, system: pl.LightningModule, data: ZSLData, out: Path,
-                          stopped: dict[str, Any] | None) -> None:
+                          stopped: dict[str, Any] | None, paper_rule: str) -> None:
     """Export the test split's trained generator to ``out`` with what zsl-eval and zsl-synthesize read back: the
     method, ``syn_num``, seed, paper rule, the epochs it trained (those before a divergence that stopped it) and
     the classifier settings."""
     classifier = OmegaConf.to_container(cfg.classifier, resolve=False)
     export_generator(system, data, out, extra={
         "method": cfg.generator.name, "syn_num": int(cfg.generator.syn_num), "seed": int(cfg.seed),
-        "paper_selection": str(cfg.get("paper_selection", "best")),
+        "paper_selection": paper_rule,
         "epochs": stopped["last_evaluated_epoch"] if stopped else generator_epochs(cfg),
         "classifier": OmegaConf.to_container(cfg.classifier, resolve=True),
         # zsl-eval syn_num=N then sets the batch size as zsl-train generator.syn_num=N would
@@ -768,7 +770,7 @@ def _run_splits(cfg: DictConfig, splits: list[str], selections: list[str], resum
                               {**stacks[split].as_dict(percent=False), "warnings": split_warnings,
                                "stopped": stopped_early.get(split)})
         if cfg.generator.name != "eszsl" and split == "test" and is_rank_zero():
-            export_test_generator(cfg, system, data, output_dir / "generator", stopped_early.get("test"))
+            export_test_generator(cfg, system, data, output_dir / "generator", stopped_early.get("test"), paper_rule)
         timing[f"{split}_s"] = round(time.perf_counter() - start, 2)
         if split != "test":  # only the test split's generator is exported; an earlier split's system would sit
             system = trained = None  # beside the next one's training with its trainer's optimiser state

@@ -151,7 +151,8 @@ def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    matrix = load_npy(path, "semantics file (K, A)")
+    matrix = load_npy(path, "semantics file (K, A)", "save the class vectors with numpy.save as a (K, A) array of "
+                      "real numbers")
     if matrix.ndim != 2:
         raise DataError(f"{path}: expected a (K, A) matrix, got shape {matrix.shape}")
     return matrix.astype(np.float32)

@@ -211,7 +211,8 @@ def one_line_when_no_trial_finishes(argv: list[str]) -> None:
                       f"above and in {sweep_dir or 'the sweep directory'}/<trial>/error.txt; fix what failed and run "
                       "the search again", file=sys.stderr)
             # SystemExit passes through Hydra's error report (an Exception would get its HYDRA_FULL_ERROR hint
-            # after this line); its multirun-end callbacks still run
+            # after this line); as with an exception, Hydra skips its multirun-end callbacks: the trials'
+            # failures were each reported as they happened (above)
             raise SystemExit(1) from None
 
     sweep_reporting_no_trial.zsl_gen_wrapped = True

@@ -77,10 +77,10 @@ BYO_FILES = ("features.npy", "labels.npy", "semantics.npy", "classes.txt", "spli
 _FIX = "see the bring-your-own format in the docstring of zsl_gen.data.byo"
 
 
-def load_npy(path: Path, what: str) -> np.ndarray:
+def load_npy(path: Path, what: str, fix: str = _FIX) -> np.ndarray:
     """A plain numeric ``.npy`` array (bool, integer or real; no pickles, strings or complex numbers), or a
-    ``DataError`` naming ``path`` (``what``: the file's role, for the message)."""
-    require_file(path, what, _FIX)
+    ``DataError`` naming ``path`` (``what``: the file's role; ``fix``: what to do, for the message)."""
+    require_file(path, what, fix)
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as err:
@@ -89,7 +89,7 @@ def load_npy(path: Path, what: str) -> np.ndarray:
             "numpy.save (plain numeric arrays, no pickled objects)"
         ) from err
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise DataError(f"{path} must hold a numeric array, got {getattr(arr, 'dtype', type(arr))}; {_FIX}")
+        raise DataError(f"{path} must hold a numeric array, got {getattr(arr, 'dtype', type(arr))}; {fix}")
     return arr
 
 

@@ -108,11 +108,12 @@ def apply_feature_scaling(x: ArrayT, preprocessing: dict[str, Any]) -> ArrayT:
     return (np.asarray(x, dtype=np.float32) - mn) / span
 
 
-def minmax_offset_span(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """``(min, max - min)`` float32 ``(D,)`` of fitted MinMax statistics (``{"kind": "minmax", "min": [...],
-    "max": [...]}``), the span 1 for constant dimensions: scaled = (x - min) / span, raw = scaled * span + min."""
-    mn = np.asarray(spec["min"], dtype=np.float32)
-    span = np.asarray(spec["max"], dtype=np.float32) - mn
+def minmax_offset_span(spec: dict[str, Any], dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``(min, max - min)`` ``(D,)`` of fitted MinMax statistics (``{"kind": "minmax", "min": [...], "max":
+    [...]}``), computed in ``dtype`` (float32: the values scaling uses), the span 1 for constant dimensions:
+    scaled = (x - min) / span, raw = scaled * span + min."""
+    mn = np.asarray(spec["min"], dtype=dtype)
+    span = np.asarray(spec["max"], dtype=dtype) - mn
     span[span == 0] = 1.0
     return mn, span
 

@@ -114,8 +114,8 @@ class ClassifierConfig:
     def check_full_batches(self, n_train: int, n_zsl: int) -> None:
         """With ``drop_last``, refuse a batch size that leaves no full batch of the GZSL classifier's
         ``n_train`` training samples or of the ZSL classifier's ``n_zsl`` (0: no ZSL classifier).
-        Callers that know these counts before training (``GZSLEvaluation``) check them there, so the error
-        comes before the generator trains, not at its first evaluation.
+        zsl-train checks them before the generator trains (``pipeline.train_generator``), not at its first
+        evaluation.
 
         Raises:
             ConfigError: naming ``classifier.batch_size`` and the fix.
