@@ -887,3 +887,19 @@ def test_l2_semantics_reaches_training_and_the_export(tmp_path):
     assert json.loads((tmp_path / "run" / "preprocessing.json").read_text())["semantics"]["l2"] is True
     vectors = zsl_gen.load_generator(tmp_path / "run" / "generator").class_semantics
     torch.testing.assert_close(vectors.norm(dim=1), torch.ones(len(vectors)))
+
+
+def test_sigterm_during_training_is_a_failure_exit_naming_the_resume(tmp_path, monkeypatch):
+    # Lightning turns SIGTERM into a SystemExit without a code, which would exit 0
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from zsl_gen.systems.cvae import ConditionalVAE
+
+    def terminated(*args, **kwargs):
+        raise SIGTERMException
+
+    monkeypatch.setattr(ConditionalVAE, "training_step", terminated)
+    proc = zsl_train(tmp_path, *TINY, "logger=none")
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "error: stopped by SIGTERM" in proc.stderr and "ckpt_path=" in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()

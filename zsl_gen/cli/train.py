@@ -229,7 +229,14 @@ def main() -> None:
     # another module object than this `__main__`
     failed = importlib.import_module("zsl_gen.cli.train").FAILED_JOBS
     failed.clear()
-    train_app()
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        train_app()
+    except SIGTERMException:  # a SystemExit without a code: the shell, SLURM and CI would read success
+        print("error: stopped by SIGTERM; the evaluated epochs' checkpoints are kept: resume with "
+              "ckpt_path=<run dir>/checkpoints/<split>/last.ckpt", file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
     if failed:  # the multirun finished, but not every job did: scripts and CI must see it
         sys.exit(1)
 
