@@ -211,10 +211,11 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
         keep_freed_memory()
     system = instantiate(cfg.generator.system, feature_dim=data.feature_dim, semantic_dim=data.semantic_dim)
     system.set_data(data, seed=cfg.seed)
+    classifier = classifier_config(cfg)
     # a batch size the final classifier cannot use fails here, before any logger file exists or the generator trains
-    classifier_config(cfg).check_full_batches(*system.classifier_train_sizes(data, cfg.generator.syn_num))
+    classifier.check_full_batches(*system.classifier_train_sizes(data, cfg.generator.syn_num))
     ckpt_dir = output_dir / "checkpoints" / data.split
-    evaluation = GZSLEvaluation(data, classifier_config(cfg), syn_num=cfg.generator.syn_num,
+    evaluation = GZSLEvaluation(data, classifier, syn_num=cfg.generator.syn_num,
                                 every_n_epochs=cfg.eval_every, seed=cfg.seed,
                                 **offload_settings(cfg, output_dir))
     # last.ckpt after every evaluated epoch (what `ckpt_path=` resumes from) and the best by the active
