@@ -323,3 +323,81 @@ def _without_semantic_space(path) -> bytes:
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, mat)
     return buffer.getvalue()
+
+
+def _dir_state(root):
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+@pytest.mark.parametrize("to", ["byo", "xlsa17"])
+def test_an_interrupted_forced_convert_leaves_the_earlier_files_and_no_temporary_one(xlsa17_dir, tmp_path, capsys,
+                                                                                    monkeypatch, to):
+    # an interrupted --force used to leave the files written so far beside the earlier run's: a mixed directory
+    # that validates as a dataset neither run made
+    import signal
+
+    root, raw = xlsa17_dir
+    other = make_synthetic(seed=5, n_classes=12, n_unseen=3, n_val_classes=2, feature_dim=16, samples_per_class=10)
+    other.name = "SYN"
+    src = tmp_path / "other"
+    save_byo(other, src) if to == "xlsa17" else save_xlsa17(other, src)
+    dst = tmp_path / "dst"
+    assert main(["convert", str(root if to == "byo" else save_byo(raw, tmp_path / "byo0")), str(dst),
+                 "--to", to]) == 0
+    before = _dir_state(dst)
+    import zsl_gen.data._io as io_module
+
+    real_fsync, calls = io_module.os.fsync, []
+
+    def sigterm_on_the_last_file(fd):  # every file but the last is written when SIGTERM comes
+        calls.append(fd)
+        if len(calls) == len(before):
+            io_module.os.kill(io_module.os.getpid(), signal.SIGTERM)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(io_module.os, "fsync", sigterm_on_the_last_file)
+    with pytest.raises(SystemExit) as ei:
+        main(["convert", str(src), str(dst), "--to", to, "--force"])
+    assert ei.value.code == 128 + signal.SIGTERM and len(calls) == len(before)
+    assert _dir_state(dst) == before  # every file the earlier one, no temporary file beside them
+    monkeypatch.setattr(io_module.os, "fsync", real_fsync)
+    assert main(["convert", str(src), str(dst), "--to", to, "--force"]) == 0
+    after = load_raw(dst, name="SYN")
+    np.testing.assert_allclose(after.features, other.features, rtol=1e-6)
+
+
+def test_a_simulate_failing_on_its_second_file_keeps_the_earlier_features(tmp_path, capsys, monkeypatch):
+    src = real_file("CUB")
+    out = tmp_path / "CUB"
+    assert main(["simulate", "--att-splits", str(src), "--out", str(out), "--feature-dim", "4", "--seed", "1"]) == 0
+    (out / "att_splits.mat").write_bytes(b"not the one simulated from")  # so that --force copies it again
+    before = _dir_state(out)
+    import shutil
+
+    def full_disk(fin, fh, *args):
+        raise OSError(28, "No space left on device", str(out / "att_splits.mat"))
+
+    monkeypatch.setattr(shutil, "copyfileobj", full_disk)
+    with pytest.raises(SystemExit) as ei:
+        main(["simulate", "--att-splits", str(src), "--out", str(out), "--feature-dim", "4", "--seed", "2",
+              "--force"])
+    assert ei.value.code == 2 and "No space left" in capsys.readouterr().err
+    assert _dir_state(out) == before  # res101.mat of seed 1 too, not seed 2's beside the old splits
+
+
+def test_files_as_one_set_renames_at_the_end_and_cleans_up_when_a_rename_fails(tmp_path):
+    from zsl_gen.data._io import atomic_write_text, files_as_one_set
+
+    with files_as_one_set():
+        atomic_write_text(tmp_path / "a.txt", "new a")
+        with files_as_one_set():  # nested: renamed with the outer block's files
+            atomic_write_text(tmp_path / "b.txt", "new b")
+        assert not (tmp_path / "a.txt").exists() and not (tmp_path / "b.txt").exists()
+    assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "new b"
+    (tmp_path / "c.txt").mkdir()  # the rename of c fails: b was renamed, c's and d's temporaries go
+    with pytest.raises(OSError):
+        with files_as_one_set():
+            atomic_write_text(tmp_path / "b.txt", "newer b")
+            atomic_write_text(tmp_path / "c.txt", "c")
+            atomic_write_text(tmp_path / "d.txt", "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "c.txt"]

@@ -29,7 +29,7 @@ from zsl_gen.data import (
     simulate_features_for,
     write_res101,
 )
-from zsl_gen.data._io import atomic_write, sha256_file
+from zsl_gen.data._io import atomic_write, files_as_one_set, sha256_file
 from zsl_gen.data.byo import BYO_FILES
 from zsl_gen.data.download import DATASETS
 from zsl_gen.data.load import detect_format
@@ -138,11 +138,12 @@ def _simulate(args) -> None:
     _refuse_other_format(out, ("features.npy",), "--out")
     raw = simulate_features_for(src, feature_dim=args.feature_dim, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
-    write_res101(raw, res, note=f"simulated features (zsl-data simulate, seed {args.seed}, "
-                                f"{raw.features.shape[1]}-d), not real image features")
-    if not dst.exists() or dst.resolve() != src.resolve():
-        with open(src, "rb") as fin:
-            atomic_write(dst, lambda fh: shutil.copyfileobj(fin, fh))
+    with files_as_one_set():  # features and the semantics they were simulated from: both or neither
+        write_res101(raw, res, note=f"simulated features (zsl-data simulate, seed {args.seed}, "
+                                    f"{raw.features.shape[1]}-d), not real image features")
+        if not dst.exists() or dst.resolve() != src.resolve():
+            with open(src, "rb") as fin:
+                atomic_write(dst, lambda fh: shutil.copyfileobj(fin, fh))
     print(f"wrote simulated {res} ({raw.features.shape[0]} samples × {raw.features.shape[1]}-d, seed "
           f"{args.seed}) and {dst}")
     print(summary(raw, checksums=False))

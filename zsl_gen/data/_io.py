@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from typing import Callable, IO, Iterator
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -35,7 +38,8 @@ def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20, cached: b
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file through ``write(fh)`` into a temporary file beside ``path``, then rename it.
 
-    A crash or an exception leaves either the old file or no file, never a half-written one.
+    A crash or an exception leaves either the old file or no file, never a half-written one. Inside
+    ``files_as_one_set()`` the rename waits for the end of the block, with the other files'.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +51,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        staged = _STAGED.get()
+        if staged is None:
+            os.replace(tmp, path)
+        else:
+            staged.append((Path(tmp), path))
     except BaseException:
         try:
             os.unlink(tmp)
@@ -55,6 +63,41 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             pass
         raise
     return path
+
+
+# the (temporary file, destination) pairs of the open ``files_as_one_set`` block; None outside one
+_STAGED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
+
+
+@contextlib.contextmanager
+def files_as_one_set() -> Iterator[None]:
+    """Make the ``atomic_write`` calls inside the block replace their files together, at its end: until then
+    each is a temporary file beside its destination. An exception, Ctrl-C or SIGTERM during the block (the
+    long part: writing) leaves every earlier file as it was and no temporary file; the renames at the end are
+    done with SIGINT and SIGTERM held back (delivered right after), so a dataset directory never ends with
+    one new file beside an old one, which would validate as a dataset neither run made."""
+    if _STAGED.get() is not None:  # nested: the outer block renames
+        yield
+        return
+    staged: list[tuple[Path, Path]] = []
+    token = _STAGED.set(staged)
+    previous = None
+    try:
+        try:
+            yield
+        finally:
+            _STAGED.reset(token)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:  # those not renamed yet
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _umask() -> int:

@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from zsl_gen.data._io import atomic_write, atomic_write_text, sha256_file
+from zsl_gen.data._io import atomic_write, atomic_write_text, files_as_one_set, sha256_file
 from zsl_gen.data.protocol import per_class_holdout
 from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS, RawDataset
 from zsl_gen.data.validate import (MAX_LISTED, Origin, check_semantic_space, check_unique_names, require_file,
@@ -296,7 +296,8 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def save_byo(raw: RawDataset, data_dir: str | Path) -> Path:
-    """Write ``raw`` as a bring-your-own directory (splits as 0-based index lists), each file atomically.
+    """Write ``raw`` as a bring-your-own directory (splits as 0-based index lists), the five files as one set
+    (``files_as_one_set``: an interruption leaves the earlier files, never a mix).
 
     Returns:
         The directory.
@@ -307,22 +308,23 @@ def save_byo(raw: RawDataset, data_dir: str | Path) -> Path:
         raise DataError(f"class names {bad[:MAX_LISTED]!r} of dataset '{raw.name}' cannot be written to "
                         "classes.txt (one name per line): remove line breaks and surrounding spaces")
     root.mkdir(parents=True, exist_ok=True)
-    _save_npy(root / "features.npy", np.ascontiguousarray(raw.features, dtype=np.float32))
-    _save_npy(root / "labels.npy", np.asarray(raw.labels, dtype=np.int64))
-    _save_npy(root / "semantics.npy", np.ascontiguousarray(raw.semantics, dtype=np.float32))
-    atomic_write_text(root / "classes.txt", "".join(f"{n}\n" for n in raw.class_names))
     splits: dict[str, Any] = {"name": raw.name, "semantic_space": raw.semantic_space}
     if raw.features_note:
         splits["features_note"] = raw.features_note
     splits.update({k: np.asarray(v, dtype=np.int64).tolist() for k, v in raw.locs.items()})
-    atomic_write_text(root / "splits.json", json.dumps(splits) + "\n")
+    with files_as_one_set():
+        _save_npy(root / "features.npy", np.ascontiguousarray(raw.features, dtype=np.float32))
+        _save_npy(root / "labels.npy", np.asarray(raw.labels, dtype=np.int64))
+        _save_npy(root / "semantics.npy", np.ascontiguousarray(raw.semantics, dtype=np.float32))
+        atomic_write_text(root / "classes.txt", "".join(f"{n}\n" for n in raw.class_names))
+        atomic_write_text(root / "splits.json", json.dumps(splits) + "\n")
     return root
 
 
 def save_xlsa17(raw: RawDataset, data_dir: str | Path, *, compress: bool = False,
                 features_file: str = "res101.mat", semantics_file: str = "att_splits.mat",
                 semantic_key: str = "att") -> Path:
-    """Write ``raw`` as an xlsa17 directory: ``res101.mat`` + ``att_splits.mat``, each atomically.
+    """Write ``raw`` as an xlsa17 directory: ``res101.mat`` + ``att_splits.mat``, as one set.
 
     ``res101.mat``: ``features`` D × N float64, ``labels`` N × 1 (1-based), ``image_files`` N × 1 cell, and
     ``simulated`` (``raw.features_note``) when there is one.
@@ -335,6 +337,7 @@ def save_xlsa17(raw: RawDataset, data_dir: str | Path, *, compress: bool = False
     """
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    write_res101(raw, root / features_file, compress=compress)
-    write_att_splits(raw, root / semantics_file, semantic_key=semantic_key)
+    with files_as_one_set():
+        write_res101(raw, root / features_file, compress=compress)
+        write_att_splits(raw, root / semantics_file, semantic_key=semantic_key)
     return root

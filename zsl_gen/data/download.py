@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from zsl_gen.data._io import atomic_write, sha256_file
+from zsl_gen.data._io import atomic_write, files_as_one_set, sha256_file
 from zsl_gen.errors import ConfigError, DownloadError
 
 
@@ -204,17 +204,18 @@ def _extract(archive: Path, src: DatasetSource) -> list[Path]:
                 f"{archive} has no files under {prefixes[0]!r}; it is not the expected archive "
                 f"({src.archive}): delete it and rerun the download"
             )
-        for m in members:
-            name = m.filename.replace("\\", "/")
-            if m.is_dir() or not name.startswith(chosen):
-                continue
-            rel = PurePosixPath(name[len(chosen):])
-            if src.only is not None and rel.name not in src.only:
-                continue
-            dest = target.joinpath(*rel.parts)
-            with zf.open(m) as fin:
-                atomic_write(dest, lambda fh: shutil.copyfileobj(fin, fh, CHUNK))
-            written.append(dest)
+        with files_as_one_set():  # a dataset's files replace an earlier extraction's together
+            for m in members:
+                name = m.filename.replace("\\", "/")
+                if m.is_dir() or not name.startswith(chosen):
+                    continue
+                rel = PurePosixPath(name[len(chosen):])
+                if src.only is not None and rel.name not in src.only:
+                    continue
+                dest = target.joinpath(*rel.parts)
+                with zf.open(m) as fin:
+                    atomic_write(dest, lambda fh: shutil.copyfileobj(fin, fh, CHUNK))
+                written.append(dest)
     return written
 
 
