@@ -87,7 +87,7 @@ import numpy as np
 import torch
 
 from zsl_gen.data.benchmarks import BENCHMARKS
-from zsl_gen.cli.common import report_user_errors
+from zsl_gen.cli.common import exit_on_sigterm, report_user_errors
 from zsl_gen.runtime import (
     cpu_model,
     keep_freed_memory,
@@ -152,7 +152,7 @@ def dataset_source(name: str, data_root: Path, cache: Path) -> tuple[Path, str]:
 
 def load_raw_cached(name: str, data_root: Path, cache: Path):
     """Simulated ``RawDataset`` for ``name`` (features cached as ``.npy`` so each case does not re-simulate)."""
-    from zsl_gen.data._io import sha256_file
+    from zsl_gen.data._io import atomic_write_text, sha256_file
     from zsl_gen.data.simulate import simulate_features_for
     from zsl_gen.data.types import RawDataset
 
@@ -172,8 +172,9 @@ def load_raw_cached(name: str, data_root: Path, cache: Path):
     np.save(store / "features.npy", raw.features)
     np.savez(store / "arrays.npz", labels=raw.labels, semantics=raw.semantics,
              **{f"loc_{k}": v for k, v in raw.locs.items()})
-    meta_path.write_text(json.dumps({"class_names": list(raw.class_names), "semantic_space": raw.semantic_space,
-                                     "files": raw.files, "source": how}))
+    # written last and whole: it marks the arrays complete (an interrupted cache is simulated again)
+    atomic_write_text(meta_path, json.dumps({"class_names": list(raw.class_names), "semantic_space": raw.semantic_space,
+                                             "files": raw.files, "source": how}))
     return raw, how
 
 
@@ -995,6 +996,7 @@ def error_line(error: str) -> str:
 
 
 @report_user_errors
+@exit_on_sigterm
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="zsl-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from zsl_gen.data._io import move_into_place, sha256_file, temp_dir_beside
 from zsl_gen.data.protocol import apply_feature_scaling, l2_rows, minmax_offset_span
 from zsl_gen.data.types import ZSLData
-from zsl_gen.errors import CheckpointError, ConfigError, DataError
+from zsl_gen.errors import CheckpointError, ConfigError, DataError, write_failure
 from zsl_gen.systems.base import GeneratorSystem
 
 FORMAT = "zsl-gen-generator/1"
@@ -119,9 +119,12 @@ def export_generator(system: GeneratorSystem, data: ZSLData, out_dir: str | Path
         if out_dir.exists():
             _check_replaceable(out_dir)  # (again: the directory may have changed while the weights were written)
         move_into_place(tmp, out_dir)
-    except BaseException:
+    except BaseException as err:
+        failure = write_failure(out_dir, err)  # before the partial export goes: it is what filled the disk
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if failure is None:
+            raise
+        raise failure from err
     return out_dir
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from zsl_gen.errors import ConfigError, ZSLGenError
+from zsl_gen.errors import DISK_FULL_BYTES, ConfigError, ZSLGenError, free_bytes
 
 F = TypeVar("F", bound=Callable)
 
@@ -16,14 +17,30 @@ F = TypeVar("F", bound=Callable)
 EARLIER_RUN = ".earlier_run"
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised by ``exit_on_sigterm``'s handler: exit status 143 (128 + SIGTERM), as a shell reports
+    for a process the signal ended."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
 def report_user_errors(fn: F) -> F:
     """Run ``fn``; a ``ZSLGenError`` becomes ``error: <message>`` on stderr and exit status 2. A reader that
-    closed stdout early (``zsl-data info ... | head -1``) ends the command quietly, as for any Unix tool."""
+    closed stdout early (``zsl-data info ... | head -1``) ends the command quietly, as for any Unix tool.
+    Ctrl-C and SIGTERM (with ``exit_on_sigterm``) end it with one line and status 130 or 143, after the
+    cleanup of any half-written output has run."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("error: interrupted (Ctrl-C)", file=sys.stderr)
+            sys.exit(130)  # 128 + SIGINT
+        except Terminated:
+            print("error: stopped by SIGTERM", file=sys.stderr)
+            raise
         except ZSLGenError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -33,7 +50,12 @@ def report_user_errors(fn: F) -> F:
             sys.exit(141)  # 128 + SIGPIPE, what the shell reports for a tool killed by the closed pipe
         except OSError as err:
             if err.filename is None:
-                raise
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                # a writer that does not say which file (Python's own for an open file, numpy's, a logger's)
+                print(f"error: {err.strerror}: free space on the disk being written, or write to another "
+                      "directory", file=sys.stderr)
+                sys.exit(2)
             # a path the checks before the work could not foresee (root writing under /proc, a full disk)
             print(f"error: {err.filename}: {err.strerror or err}; check the path and the free space, or choose "
                   "another path", file=sys.stderr)
@@ -43,9 +65,10 @@ def report_user_errors(fn: F) -> F:
 
 
 def exit_on_sigterm(fn: F) -> F:
-    """Run ``fn`` with SIGTERM (``kill``, a batch system's time limit) raised as ``SystemExit(143)``, so that
-    the cleanup of a half-written output (``except BaseException``/``finally``) runs as for Ctrl-C; the
-    earlier handler is restored afterwards. Only in the main thread (where Python delivers signals)."""
+    """Run ``fn`` with SIGTERM (``kill``, a batch system's time limit) raised as ``Terminated`` (a
+    ``SystemExit(143)``), so that the cleanup of a half-written output (``except BaseException``/``finally``)
+    runs as for Ctrl-C; the earlier handler is restored afterwards. Only in the main thread (where Python
+    delivers signals). During ``Trainer.fit`` Lightning's handler stops training instead (at the next batch)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -56,7 +79,9 @@ def exit_on_sigterm(fn: F) -> F:
             return fn(*args, **kwargs)
 
         def terminate(signum, frame):
-            raise SystemExit(128 + signum)
+            raise Terminated
+
+        terminate.defers_to_lightning = True  # (callbacks.lightning_signals)
 
         previous = signal.signal(signal.SIGTERM, terminate)
         try:
@@ -154,6 +179,34 @@ def check_fresh_run_dir(argv: list[str]) -> None:
         print(f"error: hydra.run.dir={given[-1]}: already holds a run ({', '.join(found)}); give a new directory, or "
               "remove the old run first (to continue it, start a new directory with ckpt_path=<its last.ckpt>)",
               file=sys.stderr)
+        sys.exit(2)
+
+
+def only_shows(argv: list[str]) -> bool:
+    """The command line only shows the composed config or help (Hydra's flags): no job runs, nothing is written."""
+    return any(a in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help") or a.startswith(("--cfg=", "--info="))
+               for a in argv)
+
+
+def check_run_dir_disk(argv: list[str]) -> None:
+    """The disk of the run directory (``hydra.run.dir``, ``hydra.sweep.dir`` with ``-m``, else the current
+    directory, where Hydra's dated ``outputs/`` go) takes writes and is not full: one error line before Hydra
+    starts, which writes its ``.hydra/`` config first and reports a full or read-only disk as a traceback."""
+    if only_shows(argv):
+        return
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
+    given = [a.split("=", 1)[1].strip("'\"") for a in argv if "=" in a and override_key(a) == key]
+    run_dir = Path(given[-1]).expanduser() if given else Path.cwd()
+    what = f"{key}=" if given else "the current directory (where the run directory goes)"
+    try:
+        check_output_path(run_dir, what, directory=True)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    free = free_bytes(run_dir)
+    if free is not None and free < DISK_FULL_BYTES:
+        print(f"error: {what}{run_dir if given else ''}: its disk is full ({free / 2**20:.1f} MiB free); free "
+              f"space there, or give another directory ({key}=<dir>)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -21,9 +21,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from zsl_gen.cli.common import check_fresh_run_dir, check_overrides, override_key
+from zsl_gen.cli.common import (check_fresh_run_dir, check_overrides, check_run_dir_disk, exit_on_sigterm, override_key,
+                                report_user_errors)
 from zsl_gen.config import CONF_DIR
-from zsl_gen.errors import ZSLGenError
+from zsl_gen.errors import ZSLGenError, write_failure
 
 log = logging.getLogger("zsl_gen")
 
@@ -197,24 +198,30 @@ def evaluate_export(cfg: DictConfig, output_dir: Path, explicit_classifier: set[
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 def eval_app(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        hydra_cfg = HydraConfig.get()
-        evaluate_export(cfg, Path(hydra_cfg.runtime.output_dir),
-                        command_line_keys("classifier", hydra_cfg.overrides.task),
+        evaluate_export(cfg, output_dir, command_line_keys("classifier", hydra_cfg.overrides.task),
                         command_line_keys("dataset", hydra_cfg.overrides.task))
-    except ZSLGenError as err:
+    except Exception as err:
+        err = write_failure(output_dir, err, only_disk=True) or err  # a full or read-only disk
+        if not isinstance(err, ZSLGenError):
+            raise
         from zsl_gen.pipeline import print_and_log
 
         print_and_log(f"error: {err}", error=True)
         sys.exit(2)
 
 
+@report_user_errors
+@exit_on_sigterm
 def main() -> None:
     # `generator` is also a config group of zsl-train (conf/generator/), so Hydra would read
     # `generator=<dir>` as a group choice; it is the export directory here, stored as `export`.
     sys.argv = [("export=" + a[len("generator="):]) if a.startswith("generator=") else a for a in sys.argv]
     check_overrides(sys.argv[1:], "eval")
     check_fresh_run_dir(sys.argv[1:])
+    check_run_dir_disk(sys.argv[1:])
     eval_app()
 
 

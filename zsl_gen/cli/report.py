@@ -34,7 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from zsl_gen.cli.common import EARLIER_RUN, check_output_path, report_user_errors
+from zsl_gen.cli.common import EARLIER_RUN, check_output_path, exit_on_sigterm, report_user_errors
 from zsl_gen.errors import ConfigError, DataError
 from zsl_gen.results import flatten
 
@@ -385,6 +385,7 @@ def _list_failed(failed: list[tuple[Path, str]]) -> None:
 
 
 @report_user_errors
+@exit_on_sigterm
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="zsl-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run dirs, multirun dirs or results.json files")

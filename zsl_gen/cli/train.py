@@ -15,9 +15,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from zsl_gen.cli.common import EARLIER_RUN, check_fresh_run_dir, check_overrides, override_key
+from zsl_gen.cli.common import (EARLIER_RUN, Terminated, check_fresh_run_dir, check_overrides, check_run_dir_disk,
+                                exit_on_sigterm, only_shows, override_key, report_user_errors)
 from zsl_gen.config import CONF_DIR
-from zsl_gen.errors import ZSLGenError
+from zsl_gen.errors import ZSLGenError, write_failure
 
 log = logging.getLogger("zsl_gen")
 
@@ -42,6 +43,8 @@ def train_app(cfg: DictConfig) -> float:
     try:
         results = run(cfg, output_dir)
     except Exception as err:
+        # a full or read-only disk under a writer that is not zsl-gen's own (Lightning's CSV logger, W&B)
+        err = write_failure(output_dir, err, only_disk=True) or err
         if hydra_cfg.mode != RunMode.MULTIRUN:
             from zsl_gen.pipeline import print_and_log, to_log_files
 
@@ -170,9 +173,8 @@ class FailedJobsReport(Callback):
 def check_launcher(argv: list[str]) -> None:
     """A SLURM launcher needs SLURM's ``sbatch`` here: without it, say so in one line before Hydra starts (the
     launcher would fail with a long traceback from inside submitit)."""
-    if any(a in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help") or a.startswith(("--cfg=", "--info="))
-           for a in argv):
-        return  # only shows the composed config or help: no job is submitted
+    if only_shows(argv):
+        return  # no job is submitted
     launcher = next((a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra/launcher"), "")
     if "slurm" in launcher and shutil.which("sbatch") is None:
         print(f"error: hydra/launcher={launcher} submits SLURM jobs, but this machine has no `sbatch` (it is not a "
@@ -219,11 +221,14 @@ def one_line_when_no_trial_finishes(argv: list[str]) -> None:
     OptunaSweeperImpl.sweep = sweep_reporting_no_trial
 
 
+@report_user_errors
+@exit_on_sigterm
 def main() -> None:
     check_launcher(sys.argv[1:])
     one_line_when_no_trial_finishes(sys.argv[1:])
     check_overrides(sys.argv[1:], "train")
     check_fresh_run_dir(sys.argv[1:])
+    check_run_dir_disk(sys.argv[1:])
     sys.argv = [sys.argv[0], *lift_default_epoch_cap(sys.argv[1:])]
     # the list the callback fills: Hydra imports it as `zsl_gen.cli.train`, which under `python -m` is
     # another module object than this `__main__`
@@ -233,10 +238,13 @@ def main() -> None:
 
     try:
         train_app()
-    except SIGTERMException:  # a SystemExit without a code: the shell, SLURM and CI would read success
-        print("error: stopped by SIGTERM; the evaluated epochs' checkpoints are kept: resume with "
+    # Lightning's SIGTERMException (its own handler's, when ours is not called) is a SystemExit without a
+    # code: the shell, SLURM and CI would read success
+    except (SIGTERMException, Terminated, KeyboardInterrupt) as stop:
+        how, code = ("interrupted (Ctrl-C)", 130) if isinstance(stop, KeyboardInterrupt) else ("stopped by SIGTERM", 143)
+        print(f"error: {how}; the evaluated epochs' checkpoints are kept: resume with "
               "ckpt_path=<run dir>/checkpoints/<split>/last.ckpt", file=sys.stderr)
-        sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
+        sys.exit(code)  # 128 + the signal, what a shell reports for a process the signal ended
     if failed:  # the multirun finished, but not every job did: scripts and CI must see it
         sys.exit(1)
 

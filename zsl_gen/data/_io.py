@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, IO, Iterator
 
+from zsl_gen.errors import write_failure
+
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -39,12 +41,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     """Write a file through ``write(fh)`` into a temporary file beside ``path``, then rename it.
 
     A crash or an exception leaves either the old file or no file, never a half-written one. Inside
-    ``files_as_one_set()`` the rename waits for the end of the block, with the other files'.
+    ``files_as_one_set()`` the rename waits for the end of the block, with the other files'. A failure of the
+    disk rather than of ``write`` (an ``OSError``, or any error while the disk is full: torch's and
+    safetensors' writers report a full disk as their own errors) is raised as ``WriteError`` naming the file.
+    An interruption (Ctrl-C, SIGTERM) stays one, even where the writer's cleanup raised an error of its own.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
@@ -56,12 +62,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             os.replace(tmp, path)
         else:
             staged.append((Path(tmp), path))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    except BaseException as err:
+        # Ctrl-C or SIGTERM inside a writer whose cleanup then failed on the cut-off file (torch.save's zip
+        # writer: "unexpected pos"): the interruption is what happened
+        interrupt = err.__context__ if isinstance(err, Exception) and \
+            isinstance(err.__context__, (KeyboardInterrupt, SystemExit)) else None
+        # before the temporary file goes: it is what filled the disk
+        failure = write_failure(path, err) if interrupt is None else None
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if interrupt is not None:
+            raise interrupt from None
+        if failure is None:
+            raise
+        raise failure from err
     return path
 
 
