@@ -401,3 +401,32 @@ def test_files_as_one_set_renames_at_the_end_and_cleans_up_when_a_rename_fails(t
             atomic_write_text(tmp_path / "c.txt", "c")
             atomic_write_text(tmp_path / "d.txt", "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "c.txt"]
+
+
+@pytest.mark.parametrize("fmt", ["xlsa17", "byo"])
+def test_an_unreadable_data_file_is_named_with_the_chmod_not_called_corrupt(xlsa17_dir, tmp_path, capsys,
+                                                                           monkeypatch, fmt):
+    # (the tests run as root, for whom chmod 000 changes nothing: the permission check and the read are faked)
+    import os as os_module
+
+    root, raw = xlsa17_dir
+    if fmt == "byo":
+        root = save_byo(raw, tmp_path / "byo")
+    victim = root / ("res101.mat" if fmt == "xlsa17" else "features.npy")
+    victim.chmod(0o000)
+    real_access = os_module.access
+    monkeypatch.setattr(os_module, "access", lambda p, mode, *a, **k: False if str(p) == str(victim) and
+                        mode & os_module.R_OK else real_access(p, mode, *a, **k))
+    line = _user_error(capsys, ["info", str(root)])
+    assert line == f"error: {victim}: not readable by this user (permissions 0); make it readable " \
+                   f"(chmod a+r {victim}) or ask its owner to"
+    # where the check passes but the read is refused all the same (an ACL, a file system's own rules)
+    monkeypatch.setattr(os_module, "access", real_access)
+    import scipy.io
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(victim))
+
+    monkeypatch.setattr(scipy.io, "loadmat", denied) if fmt == "xlsa17" else monkeypatch.setattr(np, "load", denied)
+    line = _user_error(capsys, ["info", str(root)])
+    assert "not readable by this user" in line and "corrupt" not in line and "re-download" not in line

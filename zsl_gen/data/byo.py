@@ -66,7 +66,7 @@ import numpy as np
 from zsl_gen.data._io import atomic_write, atomic_write_text, files_as_one_set, sha256_file
 from zsl_gen.data.protocol import per_class_holdout
 from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS, RawDataset
-from zsl_gen.data.validate import (MAX_LISTED, Origin, check_semantic_space, check_unique_names, require_file,
+from zsl_gen.data.validate import (MAX_LISTED, Origin, check_semantic_space, check_unique_names, require_file, unreadable,
                                    validate_raw)
 from zsl_gen.data.xlsa17 import write_att_splits, write_res101
 from zsl_gen.errors import DataError
@@ -83,6 +83,8 @@ def load_npy(path: Path, what: str, fix: str = _FIX) -> np.ndarray:
     require_file(path, what, fix)
     try:
         arr = np.load(path, allow_pickle=False)
+    except PermissionError:
+        raise unreadable(path) from None
     except Exception as err:
         raise DataError(
             f"cannot read {path} as a .npy array ({type(err).__name__}: {err}); save it with "

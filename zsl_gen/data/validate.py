@@ -9,6 +9,7 @@ bring-your-own ``.npy``/``.json`` formats alike.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -126,10 +127,23 @@ def check_unique_names(names: Sequence[str], where: str) -> None:
 
 
 def require_file(path: Path, what: str, fix: str) -> None:
-    """Raise a ``DataError`` unless ``path`` is an existing file."""
+    """Raise a ``DataError`` unless ``path`` is an existing file this process may read."""
     if not path.is_file():
         where = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise DataError(f"missing {what}: {path} {where}; {fix}")
+    if not os.access(path, os.R_OK):
+        raise unreadable(path)
+
+
+def unreadable(path: Path) -> DataError:
+    """The error for a data file whose permissions keep this user from reading it: the file may well be
+    fine, so not the "corrupt, re-download" advice a read failure otherwise gets."""
+    try:
+        mode = f"permissions {path.stat().st_mode & 0o777:o}"
+    except OSError:
+        mode = "permissions unknown"
+    return DataError(f"{path}: not readable by this user ({mode}); make it readable (chmod a+r {path}) or ask "
+                     "its owner to")
 
 
 def require_keys(path: Path, present: Iterable[str], required: Sequence[str], fix: str) -> None:

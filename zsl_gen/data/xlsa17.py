@@ -26,7 +26,8 @@ import scipy.sparse
 
 from zsl_gen.data._io import atomic_write, sha256_file
 from zsl_gen.data.types import OPTIONAL_LOCS, REQUIRED_LOCS, RawDataset
-from zsl_gen.data.validate import Origin, check_semantic_space, require_file, require_keys, validate_raw
+from zsl_gen.data.validate import (Origin, check_semantic_space, require_file, require_keys, unreadable,
+                                   validate_raw)
 from zsl_gen.errors import DataError
 
 FEATURE_KEYS = ("features", "labels")
@@ -57,6 +58,8 @@ class MatFile:
                 self._values = {k: v for k, v in data.items() if not k.startswith("__")}
         except DataError:
             raise
+        except PermissionError:
+            raise unreadable(path) from None
         except Exception as err:  # scipy/h5py raise many types for corrupt or foreign files
             raise DataError(
                 f"cannot read {path} as a MATLAB .mat file ({type(err).__name__}: {err}); the file is "
