@@ -394,13 +394,14 @@ def test_files_as_one_set_renames_at_the_end_and_cleans_up_when_a_rename_fails(t
             atomic_write_text(tmp_path / "b.txt", "new b")
         assert not (tmp_path / "a.txt").exists() and not (tmp_path / "b.txt").exists()
     assert (tmp_path / "a.txt").read_text() == "new a" and (tmp_path / "b.txt").read_text() == "new b"
-    (tmp_path / "c.txt").mkdir()  # the rename of c fails: b was renamed, c's and d's temporaries go
-    with pytest.raises(OSError):
+    (tmp_path / "c.txt").mkdir()  # c's rename would fail: refused before any rename, every temporary goes
+    with pytest.raises(OSError, match="c.txt is a directory, where a file goes"):
         with files_as_one_set():
             atomic_write_text(tmp_path / "b.txt", "newer b")
             atomic_write_text(tmp_path / "c.txt", "c")
             atomic_write_text(tmp_path / "d.txt", "d")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "c.txt"]
+    assert (tmp_path / "b.txt").read_text() == "new b"
 
 
 @pytest.mark.parametrize("fmt", ["xlsa17", "byo"])

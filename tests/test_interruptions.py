@@ -133,9 +133,26 @@ def test_a_full_run_directory_disk_is_refused_before_hydra_writes_anything(tmp_p
     assert not (tmp_path / "run").exists()
     proc = run_app(train_main, ["zsl-train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=1,2"], tmp_path)
     assert proc.returncode == 2 and "(hydra.sweep.dir=<dir>)" in proc.stderr and not (tmp_path / "sweep").exists()
-    proc = run_app(eval_main, ["zsl-eval", "generator=anything"], tmp_path)  # the current directory's disk
-    assert proc.returncode == 2 and "error: the current directory" in proc.stderr and "disk is full" in proc.stderr
+    proc = run_app(eval_main, ["zsl-eval", "generator=anything"], tmp_path)  # the default: under outputs/
+    assert proc.returncode == 2 and error_lines(proc.stderr) == [
+        "error: paths.log_dir=outputs: its disk is full (0.0 MiB free); free space there, or give another "
+        "directory (paths.log_dir=<dir>)"]
     assert run_app(train_main, ["zsl-train", "--cfg", "job"], tmp_path).returncode == 0  # shows, writes nothing
+    # $ZSL_OUTPUT_DIR moves the default run directories (conf/paths): its disk is the one that counts
+    full = tmp_path / "full"
+    monkeypatch.setattr(common, "free_bytes", lambda path: 0 if str(path).startswith(str(full)) else 10**12)
+    monkeypatch.setenv("ZSL_OUTPUT_DIR", str(tmp_path / "roomy"))
+    assert run_app(train_main, ["zsl-train", "--cfg", "job"], full).returncode == 0
+    proc = run_app(train_main, ["zsl-train", *TINY, "generator.epochs=1", "selections=[paper]", "logger=none"], full)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # the current directory's disk is full, not the output's
+    monkeypatch.setenv("ZSL_OUTPUT_DIR", str(full / "out"))
+    proc = run_app(train_main, ["zsl-train", *TINY], tmp_path)
+    assert proc.returncode == 2 and f"paths.log_dir={full / 'out'}: its disk is full" in proc.stderr
+    # an interpolated directory is Hydra's to resolve: no literal "${...}" directory is made for a check
+    proc = run_app(train_main, ["zsl-train", "hydra.run.dir=runs/${generator.name}", *TINY, "generator.epochs=1",
+                                "selections=[paper]", "logger=none"], tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "runs" / "cvae" / "results.json").exists(), proc.stderr[-2000:]
+    assert not any("${" in str(p) for p in tmp_path.rglob("*"))
 
 
 def test_ctrl_c_during_training_exits_130_naming_the_resume_and_gives_sigint_back(tmp_path, monkeypatch):
@@ -244,3 +261,122 @@ def test_an_interrupt_inside_a_writer_whose_cleanup_fails_stays_an_interrupt(tmp
     with pytest.raises(KeyboardInterrupt):
         atomic_write(tmp_path / "x.ckpt", writer)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_zsl_train_in_a_running_runs_directory_is_refused_and_touches_nothing(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                               "from zsl_gen.cli.common import hold_run_dir; "
+                               f"assert hold_run_dir(Path({str(run)!r})) is None; print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = zsl_train(tmp_path, *TINY, "generator.epochs=1", "selections=[paper]", "logger=none")
+        assert proc.returncode == 2
+        assert error_lines(proc.stderr) == [
+            f"error: hydra.run.dir={run}: another zsl-train (pid {holder.pid}) is running in that directory; wait "
+            "for it to finish, or give a new directory (two runs in one directory would mix their checkpoints and "
+            "results)"]
+        assert sorted(p.name for p in run.rglob("*")) == [".hydra", "zsl-train.lock"]  # no config, no log
+        # a multirun job whose directory is held: reported, the sweep exits 1, nothing written in it
+        from zsl_gen.cli.train import main
+
+        proc = run_app(main, ["zsl-train", "-m", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=run", *TINY,
+                              "generator.epochs=1", "selections=[paper]", "logger=none"], tmp_path)
+        assert proc.returncode == 1 and f"another zsl-train (pid {holder.pid})" in proc.stderr
+        assert not (run / "error.txt").exists() and not (run / "checkpoints").exists()
+    finally:
+        holder.communicate("", timeout=60)  # ends the holder: the kernel drops its lock
+    proc = zsl_train(tmp_path / "second", *TINY, "generator.epochs=1", "selections=[paper]", "logger=none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # and the finished in-process run gave its directory's lock back (another process can take it)
+    taken = subprocess.run([sys.executable, "-c", "from pathlib import Path; from zsl_gen.cli.common import "
+                            f"hold_run_dir; print(hold_run_dir(Path({str(tmp_path / 'second' / 'run')!r})))"],
+                           capture_output=True, text=True, timeout=120)
+    assert taken.stdout.strip() == "None", taken.stderr
+
+
+def test_a_signal_during_the_renames_of_a_set_comes_after_all_of_them(tmp_path, monkeypatch):
+    # the kernel may hand SIGINT to any thread (torch's, OpenBLAS's): the handlers are swapped, not the mask
+    import zsl_gen.data._io as io_module
+    from zsl_gen.data._io import atomic_write_text, files_as_one_set
+
+    for name in "abc":
+        (tmp_path / f"{name}.txt").write_text("old")
+    real_replace, renamed = io_module.os.replace, []
+
+    def replace_then_ctrl_c(src, dst):
+        real_replace(src, dst)
+        renamed.append(dst)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(io_module.os, "replace", replace_then_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with files_as_one_set():
+            for name in "abc":
+                atomic_write_text(tmp_path / f"{name}.txt", "new")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "new", "b.txt": "new", "c.txt": "new"}
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_a_save_inside_an_except_block_reports_its_own_failure_not_the_handled_interrupt(tmp_path):
+    from zsl_gen.data._io import atomic_write
+
+    def full_disk(fh):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:  # (an on_exception hook saving state, say)
+        with pytest.raises(OSError, match="x.bin: could not write it \\(the disk is full\\)"):
+            atomic_write(tmp_path / "x.bin", full_disk)
+
+
+def test_only_disk_errors_count_as_disk_errors(tmp_path, monkeypatch):
+    import zsl_gen.errors as errors
+    from zsl_gen.errors import WriteError, write_failure
+
+    shm = RuntimeError("unable to write to file </torch_123_456>: No space left on device (28)")
+    assert write_failure(tmp_path, shm, only_disk=True) is None  # /dev/shm of a DataLoader worker, not the run's
+    assert write_failure(tmp_path, ValueError("a bug"), only_disk=True) is None
+    assert write_failure(tmp_path, FileNotFoundError(2, "No such file", "data.mat"), only_disk=True) is None
+    assert isinstance(write_failure(tmp_path, OSError(errno.EROFS, "Read-only file system"), only_disk=True),
+                      WriteError)
+    monkeypatch.setattr(errors, "free_bytes", lambda path: 10)  # the disk full, but the error not the disk's
+    assert write_failure(tmp_path / "x", ValueError("a bug"), only_disk=True) is None
+    assert write_failure(tmp_path / "x", TypeError("a bug")) is None
+    assert "the disk is full" in str(write_failure(tmp_path / "x", RuntimeError("unexpected pos 7 vs 0")))
+    monkeypatch.setattr(errors, "free_bytes", lambda path: 10**9)
+    assert write_failure(tmp_path / "x", RuntimeError("unexpected pos 7 vs 0")) is None
+
+
+def test_ddp_and_launcher_ranks_above_zero_do_not_lock_and_a_file_system_without_flock_runs_unlocked(
+        tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    from zsl_gen.cli.common import hold_given_run_dir, hold_run_dir, is_secondary_rank, release_run_dir
+
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert not is_secondary_rank() and not is_secondary_rank("train")
+    assert is_secondary_rank("train_ddp_process_1")  # Lightning's DDP child, as Hydra names its job
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not is_secondary_rank()
+    monkeypatch.setenv("RANK", "3")  # torchrun
+    assert is_secondary_rank()
+    hold_given_run_dir([f"hydra.run.dir={tmp_path / 'ranked'}"])
+    assert not (tmp_path / "ranked").exists()  # rank 3 neither locks nor creates rank 0's directory
+    monkeypatch.delenv("RANK")
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    try:
+        with caplog.at_level("WARNING", logger="zsl_gen"):
+            assert hold_run_dir(tmp_path / "nfs") is None
+        assert "cannot lock the run directory on this file system (No locks available)" in caplog.text
+    finally:
+        release_run_dir()

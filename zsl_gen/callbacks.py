@@ -52,23 +52,11 @@ class StreamingCheckpointIO(TorchCheckpointIO):
 
 
 @contextlib.contextmanager
-def lightning_signals() -> Iterator[None]:
-    """Signals while Lightning trains (around ``Trainer.fit``).
-
-    SIGTERM is Lightning's alone when the handler in place is zsl-gen's own (the CLIs' ``exit_on_sigterm``,
-    marked ``defers_to_lightning``): Lightning's stops training at the next batch (``SIGTERMException``), where
-    zsl-gen's, which Lightning would call after its own, raises at once, possibly inside ``torch.save``, whose
-    cleanup then replaces the exit with an error of its own. Any other handler (a program's own) is left as is.
-
-    Ctrl-C: Lightning ends it with ``sys.exit(1)`` and leaves SIGINT ignored for good (a notebook could no
-    longer interrupt anything); here it stays a ``KeyboardInterrupt`` and the SIGINT handler is restored.
-    """
-    main = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM) if main else None
-    sigint = signal.getsignal(signal.SIGINT) if main else None
-    own_sigterm = getattr(sigterm, "defers_to_lightning", False)
-    if own_sigterm:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning then registers its own handler only
+def ctrl_c_stays_an_interrupt() -> Iterator[None]:
+    """Around ``Trainer.fit``: Lightning ends a Ctrl-C with ``sys.exit(1)`` and leaves SIGINT ignored for good
+    (a notebook could no longer interrupt anything); here it stays a ``KeyboardInterrupt`` (the CLIs: one line,
+    status 130) and the SIGINT handler in place before is restored."""
+    sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         yield
     except SystemExit as stop:
@@ -77,9 +65,6 @@ def lightning_signals() -> Iterator[None]:
         if sigint is not None:
             signal.signal(signal.SIGINT, sigint)
         raise KeyboardInterrupt from None
-    finally:
-        if own_sigterm:
-            signal.signal(signal.SIGTERM, sigterm)
 
 
 def evaluation_seed(seed: int, epoch: int) -> int:

@@ -41,34 +41,53 @@ class TrainingDiverged(ZSLGenError):
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:
-    """Bytes free for this user on the disk holding ``path`` (its nearest existing ancestor); None if unknown."""
+    """Bytes this process may still write on the disk holding ``path`` (its nearest existing ancestor): for
+    root, the blocks reserved for root count; None if unknown."""
     path = Path(path).absolute()
     for candidate in (path, *path.parents):
         try:
-            return shutil.disk_usage(candidate).free
+            st = os.statvfs(candidate)
+        except AttributeError:  # (no statvfs: Windows)
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                continue
         except OSError:
             continue
+        root = hasattr(os, "geteuid") and os.geteuid() == 0
+        return (st.f_bfree if root else st.f_bavail) * st.f_frsize
     return None
 
 
-def write_failure(path: str | os.PathLike, err: BaseException, *, only_disk: bool = False) -> WriteError | None:
-    """``err``, raised while writing ``path``, as a ``WriteError`` saying which file and how much space is
-    left, when the disk or directory is to blame: an ``OSError``, or any other error while the disk is full.
-    None for everything else (a bug, Ctrl-C, one of zsl-gen's own errors): those stay as they are.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
-    ``only_disk``: ``err`` came from anywhere in a command (not from one write): only a full disk, a
-    read-only one or a file too large for it count, not every ``OSError`` (a dataset file that vanished)."""
+
+def write_failure(path: str | os.PathLike, err: BaseException, *, only_disk: bool = False) -> WriteError | None:
+    """``err``, raised while writing ``path``, as a ``WriteError`` saying which file and why, when the disk or
+    directory is to blame: an ``OSError``, or torch's and safetensors' own errors for a full disk (a message
+    saying so, or a ``RuntimeError`` while less than ``DISK_FULL_BYTES`` are free). None for everything else (a
+    bug, Ctrl-C, one of zsl-gen's own errors): those stay as they are.
+
+    ``only_disk``: ``err`` came from anywhere in a command, not from one write: only an ``OSError`` of a full
+    disk or quota, a read-only file system or a file too large for it counts (not a dataset file that
+    vanished, nor a full /dev/shm's message from a DataLoader worker)."""
     if not isinstance(err, Exception) or isinstance(err, ZSLGenError):
         return None
-    free = free_bytes(path)
-    full = (free is not None and free < DISK_FULL_BYTES) or any(m in str(err) for m in DISK_FULL_MESSAGES) or \
-        (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT))
-    if not (full or isinstance(err, OSError) and (not only_disk or err.errno in (errno.EROFS, errno.EFBIG))):
-        return None
+    if only_disk:
+        if not (isinstance(err, OSError) and err.errno in (*DISK_ERRNOS, errno.EROFS, errno.EFBIG)):
+            return None
+        full = err.errno in DISK_ERRNOS
+    else:
+        free = free_bytes(path) if isinstance(err, RuntimeError) else None
+        full = (isinstance(err, OSError) and err.errno in DISK_ERRNOS) or \
+            any(m in str(err) for m in DISK_FULL_MESSAGES) or (free is not None and free < DISK_FULL_BYTES)
+        if not (full or isinstance(err, OSError)):
+            return None
     name = err.filename if isinstance(err, OSError) and err.filename else path
     if full:
         reason = "the disk is full"
     else:  # an OSError
+        free = free_bytes(path)
         reason = (err.strerror or str(err)) + ("" if free is None else f"; {free / 2**20:.1f} MiB free on that disk")
     return WriteError(f"{name}: could not write it ({reason}): free space there, or write to another "
                       "directory")

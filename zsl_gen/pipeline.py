@@ -26,7 +26,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, LogRunConfig,
-                              RunConfigInCheckpoint, StreamingCheckpointIO, progress_callbacks, lightning_signals)
+                              RunConfigInCheckpoint, StreamingCheckpointIO, progress_callbacks, ctrl_c_stays_an_interrupt)
 from zsl_gen.config import instantiate, is_real, trainer_device, validate_train_config
 from zsl_gen.data import RawDataset, build_protocol, load_raw, make_synthetic
 from zsl_gen.data.benchmarks import BENCHMARKS
@@ -237,7 +237,7 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
                                          RunConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=False))],
                               enable_progress_bar=sys.stdout.isatty(), logger=loggers or False,
                               default_root_dir=str(output_dir), plugins=[StreamingCheckpointIO()])
-        with lightning_signals():
+        with ctrl_c_stays_an_interrupt():
             trainer.fit(system, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except TrainingDiverged as err:
         # the diverged weights are dropped for the last evaluated (finite) epoch's checkpoint: this run's

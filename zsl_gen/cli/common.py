@@ -68,7 +68,8 @@ def exit_on_sigterm(fn: F) -> F:
     """Run ``fn`` with SIGTERM (``kill``, a batch system's time limit) raised as ``Terminated`` (a
     ``SystemExit(143)``), so that the cleanup of a half-written output (``except BaseException``/``finally``)
     runs as for Ctrl-C; the earlier handler is restored afterwards. Only in the main thread (where Python
-    delivers signals). During ``Trainer.fit`` Lightning's handler stops training instead (at the next batch)."""
+    delivers signals). During ``Trainer.fit`` Lightning's handler, which calls this one after its own, stops
+    training instead (at the next batch): called so, this one does nothing."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -79,9 +80,11 @@ def exit_on_sigterm(fn: F) -> F:
             return fn(*args, **kwargs)
 
         def terminate(signum, frame):
+            if signal.getsignal(signal.SIGTERM) is not terminate:
+                # called by the handler in place, which chains this one: Lightning's during Trainer.fit, which
+                # stops training at the next batch (raising here could cut a torch.save short)
+                return
             raise Terminated
-
-        terminate.defers_to_lightning = True  # (callbacks.lightning_signals)
 
         previous = signal.signal(signal.SIGTERM, terminate)
         try:
@@ -182,6 +185,95 @@ def check_fresh_run_dir(argv: list[str]) -> None:
         sys.exit(2)
 
 
+_HELD_RUN_DIRS: dict[Path, int] = {}  # run directory → the descriptor of its lock file, held by this process
+
+
+def hold_run_dir(run_dir: Path) -> str | None:
+    """Lock ``run_dir`` for this process: an exclusive ``flock`` of ``<run_dir>/.hydra/zsl-train.lock``, which
+    the kernel releases when the process ends, however it ends (no stale lock after a kill). Returns None once
+    held (again None when this process holds it already), or the pid another process wrote into the lock
+    file while holding it: two runs in one directory would mix their checkpoints, split records and results,
+    and one's cleanup of stale temporary checkpoints could delete the other's. Where ``fcntl`` is missing
+    (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    key = run_dir.expanduser().resolve()
+    if key in _HELD_RUN_DIRS:
+        return None
+    lock = key / ".hydra" / "zsl-train.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        return other
+    except OSError as err:  # a file system without flock (NFS without lockd: ENOLCK; Lustre: ENOSYS)
+        os.close(fd)
+        import logging
+
+        logging.getLogger("zsl_gen").warning("%s: cannot lock the run directory on this file system (%s); running "
+                                             "without the lock: start no second run in it", key, err.strerror or err)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD_RUN_DIRS[key] = fd
+    return None
+
+
+def release_run_dir(run_dir: Path | None = None) -> None:
+    """Give up ``hold_run_dir``'s lock of ``run_dir`` (a finished job: the process may go on to other jobs, or,
+    in a test or a notebook, run again), or every lock this process holds (None)."""
+    keys = list(_HELD_RUN_DIRS) if run_dir is None else [run_dir.expanduser().resolve()]
+    for key in keys:
+        fd = _HELD_RUN_DIRS.pop(key, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def busy_run_dir_message(what: str, pid: str) -> str:
+    return (f"{what}: another zsl-train (pid {pid}) is running in that directory; wait for it to finish, or give "
+            "a new directory (two runs in one directory would mix their checkpoints and results)")
+
+
+# environment variables that number a process among several: Lightning's DDP children, torchrun, srun
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
+
+
+def is_secondary_rank(job_name: str = "") -> bool:
+    """This process is rank > 0 of a distributed run: it works in rank 0's run directory, under rank 0's lock.
+    Lightning starts its DDP children as Hydra jobs named ``train_ddp_process_<rank>``; torchrun and srun
+    start every rank with the same command line and number them in the environment."""
+    if job_name.startswith("train_ddp_process"):
+        return True
+    return any(os.environ.get(var, "0").strip() not in ("", "0") for var in RANK_VARIABLES)
+
+
+def _given(argv: list[str], key: str) -> str | None:
+    """The last ``key=<value>`` of the command line (quotes stripped), or None."""
+    values = [a.split("=", 1)[1].strip("'\"") for a in argv if "=" in a and override_key(a) == key]
+    return values[-1] if values else None
+
+
+def hold_given_run_dir(argv: list[str]) -> None:
+    """``hold_run_dir`` for a single run's ``hydra.run.dir=<dir>`` before Hydra starts, which would first
+    overwrite the running one's ``.hydra/config.yaml``; one error line if another process holds it. (Runs in
+    Hydra's default dated directory, directories given with interpolations and multirun jobs are locked by
+    ``train_app``.)"""
+    job_name = _given(argv, "hydra.job.name") or ""
+    if only_shows(argv) or any(a in ("-m", "--multirun") for a in argv) or is_secondary_rank(job_name):
+        return
+    given = _given(argv, "hydra.run.dir")
+    if given is not None and "${" not in given:
+        other = hold_run_dir(Path(given))
+        if other is not None:
+            print(f"error: {busy_run_dir_message(f'hydra.run.dir={given}', other)}", file=sys.stderr)
+            sys.exit(2)
+
+
 def only_shows(argv: list[str]) -> bool:
     """The command line only shows the composed config or help (Hydra's flags): no job runs, nothing is written."""
     return any(a in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help") or a.startswith(("--cfg=", "--info="))
@@ -189,15 +281,19 @@ def only_shows(argv: list[str]) -> bool:
 
 
 def check_run_dir_disk(argv: list[str]) -> None:
-    """The disk of the run directory (``hydra.run.dir``, ``hydra.sweep.dir`` with ``-m``, else the current
-    directory, where Hydra's dated ``outputs/`` go) takes writes and is not full: one error line before Hydra
+    """The disk of the run directory (``hydra.run.dir``, ``hydra.sweep.dir`` with ``-m``, else ``paths.log_dir``,
+    under which Hydra's dated run directories go) takes writes and is not full: one error line before Hydra
     starts, which writes its ``.hydra/`` config first and reports a full or read-only disk as a traceback."""
     if only_shows(argv):
         return
     key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
-    given = [a.split("=", 1)[1].strip("'\"") for a in argv if "=" in a and override_key(a) == key]
-    run_dir = Path(given[-1]).expanduser() if given else Path.cwd()
-    what = f"{key}=" if given else "the current directory (where the run directory goes)"
+    given = _given(argv, key)
+    if given is None:  # the configs' default: under paths.log_dir (conf/paths: $ZSL_OUTPUT_DIR, else outputs/)
+        key, given = "paths.log_dir", _given(argv, "paths.log_dir") or os.environ.get("ZSL_OUTPUT_DIR") or "outputs"
+    if "${" in given:
+        return  # an interpolation: Hydra resolves it (a full disk then fails in one line at the first write)
+    run_dir = Path(given).expanduser()
+    what = f"{key}="
     try:
         check_output_path(run_dir, what, directory=True)
     except ConfigError as err:
@@ -205,8 +301,8 @@ def check_run_dir_disk(argv: list[str]) -> None:
         sys.exit(2)
     free = free_bytes(run_dir)
     if free is not None and free < DISK_FULL_BYTES:
-        print(f"error: {what}{run_dir if given else ''}: its disk is full ({free / 2**20:.1f} MiB free); free "
-              f"space there, or give another directory ({key}=<dir>)", file=sys.stderr)
+        print(f"error: {what}{given}: its disk is full ({free / 2**20:.1f} MiB free); free space there, or give "
+              f"another directory ({key}=<dir>)", file=sys.stderr)
         sys.exit(2)
 
 

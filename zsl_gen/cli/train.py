@@ -15,8 +15,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from zsl_gen.cli.common import (EARLIER_RUN, Terminated, check_fresh_run_dir, check_overrides, check_run_dir_disk,
-                                exit_on_sigterm, only_shows, override_key, report_user_errors)
+from zsl_gen.cli.common import (EARLIER_RUN, Terminated, busy_run_dir_message, check_fresh_run_dir, check_overrides,
+                                check_run_dir_disk, exit_on_sigterm, hold_given_run_dir, hold_run_dir, is_secondary_rank,
+                                only_shows, override_key, release_run_dir, report_user_errors)
 from zsl_gen.config import CONF_DIR
 from zsl_gen.errors import ZSLGenError, write_failure
 
@@ -33,11 +34,34 @@ def train_app(cfg: DictConfig) -> float:
     Under the Optuna sweeper it raises ``TrialFailed`` instead (Optuna records the trial as failed; its
     sweeper cannot take a NaN, and ``max_failure_rate: 1.0`` in ``conf/hparams_search`` lets the search go on).
     """
-    from zsl_gen.pipeline import run  # imported here so `--help` stays fast
-
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     optuna = "optuna" in str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="")).lower()
+    if not is_secondary_rank(hydra_cfg.job.name):  # (rank 0 holds the directory for all ranks)
+        other = hold_run_dir(output_dir)
+        # before the run writes anything there (Hydra has written .hydra/: for a single run with hydra.run.dir
+        # given, main refused before Hydra started)
+        if other is not None:
+            message = busy_run_dir_message(str(output_dir), other)
+            if hydra_cfg.mode != RunMode.MULTIRUN:
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(2)
+            REFUSED_JOBS.append(output_dir)
+            print(f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}",
+                  file=sys.stderr)
+            if optuna:
+                raise TrialFailed(f"job {hydra_cfg.job.num}: {message}")
+            return float("nan")
+    try:
+        return _train_job(cfg, hydra_cfg, output_dir, optuna)
+    finally:
+        release_run_dir(output_dir)
+
+
+def _train_job(cfg: DictConfig, hydra_cfg: DictConfig, output_dir: Path, optuna: bool) -> float:
+    """``train_app``'s job in a directory this process holds."""
+    from zsl_gen.pipeline import run  # imported here so `--help` stays fast
+
     if hydra_cfg.mode == RunMode.MULTIRUN:
         set_earlier_job_aside(output_dir, cfg)
     try:
@@ -135,6 +159,7 @@ def lift_default_epoch_cap(overrides: list[str]) -> list[str]:
 
 
 FAILED_JOBS: list[Path] = []  # this process's multirun failures, read by `main` for the exit status
+REFUSED_JOBS: list[Path] = []  # multirun jobs whose directory another process held (no error.txt written there)
 
 
 class FailedJobsReport(Callback):
@@ -229,11 +254,13 @@ def main() -> None:
     check_overrides(sys.argv[1:], "train")
     check_fresh_run_dir(sys.argv[1:])
     check_run_dir_disk(sys.argv[1:])
+    hold_given_run_dir(sys.argv[1:])
     sys.argv = [sys.argv[0], *lift_default_epoch_cap(sys.argv[1:])]
     # the list the callback fills: Hydra imports it as `zsl_gen.cli.train`, which under `python -m` is
     # another module object than this `__main__`
     failed = importlib.import_module("zsl_gen.cli.train").FAILED_JOBS
     failed.clear()
+    REFUSED_JOBS.clear()  # (filled by this module's train_app, which is the one called below)
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:
@@ -242,10 +269,12 @@ def main() -> None:
     # code: the shell, SLURM and CI would read success
     except (SIGTERMException, Terminated, KeyboardInterrupt) as stop:
         how, code = ("interrupted (Ctrl-C)", 130) if isinstance(stop, KeyboardInterrupt) else ("stopped by SIGTERM", 143)
-        print(f"error: {how}; the evaluated epochs' checkpoints are kept: resume with "
-              "ckpt_path=<run dir>/checkpoints/<split>/last.ckpt", file=sys.stderr)
+        print(f"error: {how}; the checkpoints of the epochs evaluated so far are kept: resume with "
+              "ckpt_path=<run dir>/checkpoints/<split>/last.ckpt (if none was written yet, run again)", file=sys.stderr)
         sys.exit(code)  # 128 + the signal, what a shell reports for a process the signal ended
-    if failed:  # the multirun finished, but not every job did: scripts and CI must see it
+    finally:
+        release_run_dir()  # (held before Hydra started, in case Hydra stopped before the job)
+    if failed or REFUSED_JOBS:  # the multirun finished, but not every job did: scripts and CI must see it
         sys.exit(1)
 
 

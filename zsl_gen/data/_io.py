@@ -8,11 +8,13 @@ import hashlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, IO, Iterator
 
-from zsl_gen.errors import write_failure
+from zsl_gen.errors import WriteError, write_failure
 
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -48,6 +50,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     """
     path = Path(path)
     tmp = None
+    handled = sys.exc_info()[1]  # an exception being handled by the caller (a save in an `except` block)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,7 +68,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     except BaseException as err:
         # Ctrl-C or SIGTERM inside a writer whose cleanup then failed on the cut-off file (torch.save's zip
         # writer: "unexpected pos"): the interruption is what happened
-        interrupt = err.__context__ if isinstance(err, Exception) and \
+        interrupt = err.__context__ if isinstance(err, Exception) and err.__context__ is not handled and \
             isinstance(err.__context__, (KeyboardInterrupt, SystemExit)) else None
         # before the temporary file goes: it is what filled the disk
         failure = write_failure(path, err) if interrupt is None else None
@@ -88,31 +91,56 @@ _STAGED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.Co
 def files_as_one_set() -> Iterator[None]:
     """Make the ``atomic_write`` calls inside the block replace their files together, at its end: until then
     each is a temporary file beside its destination. An exception, Ctrl-C or SIGTERM during the block (the
-    long part: writing) leaves every earlier file as it was and no temporary file; the renames at the end are
-    done with SIGINT and SIGTERM held back (delivered right after), so a dataset directory never ends with
-    one new file beside an old one, which would validate as a dataset neither run made."""
+    long part: writing) leaves every earlier file as it was and no temporary file. The renames at the end
+    run to completion: a Ctrl-C or SIGTERM arriving then takes effect right after them (``signals_deferred``),
+    so a dataset directory never ends with one new file beside an old one, which would validate as a dataset
+    neither run made."""
     if _STAGED.get() is not None:  # nested: the outer block renames
         yield
         return
     staged: list[tuple[Path, Path]] = []
     token = _STAGED.set(staged)
-    previous = None
     try:
         try:
             yield
         finally:
             _STAGED.reset(token)
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        for tmp, path in staged:
-            os.replace(tmp, path)
+        in_the_way = [path for _, path in staged if path.is_dir()]
+        if in_the_way:  # the one rename that fails in a directory that took the temporary files: before any
+            raise WriteError(f"{in_the_way[0]} is a directory, where a file goes; remove it or write to another "
+                             "directory")
+        with signals_deferred():
+            for tmp, path in staged:
+                os.replace(tmp, path)
     except BaseException:
-        for tmp, _ in staged:  # those not renamed yet
+        for tmp, _ in staged:  # (all of them: the renamed ones are gone)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Run the block to its end with Ctrl-C and SIGTERM noted instead of acted on, then deliver them to the
+    handlers in place before (Python runs handlers in the main thread only, whichever thread the kernel
+    picked, so swapping the handlers holds them back everywhere; blocking the signal would hold back only
+    the calling thread's). Outside the main thread nothing can interrupt the block: it just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:  # (None: a handler installed from C, which could not be put back)
+            previous[signum] = signal.signal(signum, lambda n, frame: arrived.append(n))
+    try:
+        yield
     finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
 
 
 def _umask() -> int:
