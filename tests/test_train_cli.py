@@ -66,7 +66,10 @@ def test_a_wheel_carries_the_configs_and_trains_without_the_repository(tmp_path)
 
     tomllib = pytest.importorskip("tomllib", reason="Python 3.11's tomllib reads pyproject.toml")
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    assert set(find_packages(str(REPO), include=["zsl_gen*"])) | {"zsl_gen.conf"} == listed
+    # conf/ and each config-group folder in it (a new group left out would warn at every build)
+    groups = {"zsl_gen.conf" + ".".join(["", *d.relative_to(REPO / "conf").parts])
+              for d in [REPO / "conf", *(REPO / "conf").rglob("*")] if d.is_dir()}
+    assert set(find_packages(str(REPO), include=["zsl_gen*"])) | groups == listed
     # built from a copy of what the build reads: a build in the checkout writes build/ there, whose leftovers
     # (a config since renamed) setuptools would put into every later wheel
     source = tmp_path / "source"
