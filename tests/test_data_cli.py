@@ -419,7 +419,7 @@ def test_an_unreadable_data_file_is_named_with_the_chmod_not_called_corrupt(xlsa
     monkeypatch.setattr(os_module, "access", lambda p, mode, *a, **k: False if str(p) == str(victim) and
                         mode & os_module.R_OK else real_access(p, mode, *a, **k))
     line = _user_error(capsys, ["info", str(root)])
-    assert line == f"error: {victim}: not readable by this user (permissions 0); make it readable " \
+    assert line == f"error: {victim}: not readable by this user (permissions 000); make it readable " \
                    f"(chmod a+r {victim}) or ask its owner to"
     # where the check passes but the read is refused all the same (an ACL, a file system's own rules)
     monkeypatch.setattr(os_module, "access", real_access)

@@ -358,12 +358,15 @@ def test_ddp_and_launcher_ranks_above_zero_do_not_lock_and_a_file_system_without
 
     from zsl_gen.cli.common import hold_given_run_dir, hold_run_dir, is_secondary_rank, release_run_dir
 
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
         monkeypatch.delenv(var, raising=False)
     assert not is_secondary_rank() and not is_secondary_rank("train")
     assert is_secondary_rank("train_ddp_process_1")  # Lightning's DDP child, as Hydra names its job
     monkeypatch.setenv("SLURM_PROCID", "0")
     assert not is_secondary_rank()
+    monkeypatch.setenv("NODE_RANK", "1")  # a second node under Lightning's own launcher
+    assert is_secondary_rank()
+    monkeypatch.delenv("NODE_RANK")
     monkeypatch.setenv("RANK", "3")  # torchrun
     assert is_secondary_rank()
     hold_given_run_dir([f"hydra.run.dir={tmp_path / 'ranked'}"])
@@ -380,3 +383,63 @@ def test_ddp_and_launcher_ranks_above_zero_do_not_lock_and_a_file_system_without
         assert "cannot lock the run directory on this file system (No locks available)" in caplog.text
     finally:
         release_run_dir()
+
+
+def test_a_sigterm_after_lightnings_last_look_still_stops_the_run(tmp_path, monkeypatch):
+    # during the last evaluation (on_train_end) Lightning's handler only notes it, and its loop no longer looks
+    from zsl_gen.callbacks import GZSLEvaluation
+
+    real_end = GZSLEvaluation.on_train_end
+    monkeypatch.setattr(GZSLEvaluation, "on_train_end", kill_self_then(real_end))
+    proc = zsl_train(tmp_path, *TINY, "generator.epochs=1", "selections=[paper]", "logger=none")
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert len(error_lines(proc.stderr)) == 1 and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_disk_failures_name_the_destination_and_say_what_to_do(tmp_path):
+    from zsl_gen.errors import write_failure
+
+    target = tmp_path / "results.json"
+    short = OSError("Not enough free space to write 614400 bytes")  # numpy's short write: no errno
+    assert "results.json: could not write it (the disk is full)" in str(write_failure(target, short))
+    read_only = OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".results.json.x1.tmp"))
+    message = str(write_failure(target, read_only))
+    assert message.startswith(f"{target}: could not write it (Read-only file system)") and "free" not in message
+    source = OSError(errno.EIO, "Input/output error", "/elsewhere/att_splits.mat")  # what the writer read
+    assert write_failure(target, source) is None
+
+
+def test_the_lock_takes_the_run_directory_as_hydra_does_and_leaves_nothing_when_hydra_refuses(tmp_path,
+                                                                                                 monkeypatch):
+    from zsl_gen.cli.common import hold_given_run_dir, release_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    home = Path.home() / "zsl-lock-probe"
+    hold_given_run_dir(["hydra.run.dir=~/zsl-lock-probe"])  # quoted on a shell: Hydra does not expand ~
+    try:
+        assert (tmp_path / "~" / "zsl-lock-probe" / ".hydra" / "zsl-train.lock").exists() and not home.exists()
+    finally:
+        release_run_dir()
+    assert not (tmp_path / "~").exists()  # no job ran: the directories only the lock made are gone
+    proc = zsl_train(tmp_path, "generator.epochs=[1")  # Hydra refuses the command line
+    assert proc.returncode != 0 and not (tmp_path / "run").exists()
+
+
+def test_signals_during_deferral_come_after_it_sigterm_first_and_the_handlers_are_back(tmp_path):
+    from zsl_gen.cli.common import Terminated, exit_on_sigterm
+    from zsl_gen.data._io import signals_deferred
+
+    done = []
+
+    @exit_on_sigterm
+    def both_signals():
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("block ran to its end")
+
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    with pytest.raises(Terminated):
+        both_signals()
+    assert done == ["block ran to its end"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

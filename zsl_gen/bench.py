@@ -152,7 +152,7 @@ def dataset_source(name: str, data_root: Path, cache: Path) -> tuple[Path, str]:
 
 def load_raw_cached(name: str, data_root: Path, cache: Path):
     """Simulated ``RawDataset`` for ``name`` (features cached as ``.npy`` so each case does not re-simulate)."""
-    from zsl_gen.data._io import atomic_write_text, sha256_file
+    from zsl_gen.data._io import atomic_write, atomic_write_text, sha256_file
     from zsl_gen.data.simulate import simulate_features_for
     from zsl_gen.data.types import RawDataset
 
@@ -169,9 +169,9 @@ def load_raw_cached(name: str, data_root: Path, cache: Path):
         return raw, meta["source"]
     raw = simulate_features_for(src, feature_dim=2048, seed=0, name=name)
     store.mkdir(parents=True, exist_ok=True)
-    np.save(store / "features.npy", raw.features)
-    np.savez(store / "arrays.npz", labels=raw.labels, semantics=raw.semantics,
-             **{f"loc_{k}": v for k, v in raw.locs.items()})
+    atomic_write(store / "features.npy", lambda fh: np.save(fh, raw.features))
+    atomic_write(store / "arrays.npz", lambda fh: np.savez(fh, labels=raw.labels, semantics=raw.semantics,
+                                                           **{f"loc_{k}": v for k, v in raw.locs.items()}))
     # written last and whole: it marks the arrays complete (an interrupted cache is simulated again)
     atomic_write_text(meta_path, json.dumps({"class_names": list(raw.class_names), "semantic_space": raw.semantic_space,
                                              "files": raw.files, "source": how}))

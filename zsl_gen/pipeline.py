@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from zsl_gen.callbacks import (DivergenceGuard, EvaluatedEpochCheckpoint, GZSLEvaluation, LogRunConfig,
                               RunConfigInCheckpoint, StreamingCheckpointIO, progress_callbacks, ctrl_c_stays_an_interrupt)
@@ -239,6 +239,8 @@ def train_generator(cfg: DictConfig, data: ZSLData, output_dir: Path, ckpt_path:
                               default_root_dir=str(output_dir), plugins=[StreamingCheckpointIO()])
         with ctrl_c_stays_an_interrupt():
             trainer.fit(system, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if trainer.received_sigterm:  # after Lightning's last look (the last evaluation, teardown): stop here
+            raise SIGTERMException
     except TrainingDiverged as err:
         # the diverged weights are dropped for the last evaluated (finite) epoch's checkpoint: this run's
         # last.ckpt, or, when it diverged before its first checkpoint after a resume, the one it resumed from.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -175,7 +176,7 @@ def check_fresh_run_dir(argv: list[str]) -> None:
     given = [a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra.run.dir"]
     if not given:
         return  # the default run directory is new (dated)
-    run_dir = Path(given[-1].strip("'\"")).expanduser()
+    run_dir = Path(given[-1].strip("'\""))  # (as Hydra takes it: no ~ expansion)
     found = [name for name in ("results.json", "checkpoints", "splits", "curves.json", "generator")
              if (run_dir / name).exists()]
     if found:
@@ -186,6 +187,7 @@ def check_fresh_run_dir(argv: list[str]) -> None:
 
 
 _HELD_RUN_DIRS: dict[Path, int] = {}  # run directory → the descriptor of its lock file, held by this process
+_CREATED_FOR_LOCK: dict[Path, list[Path]] = {}  # run directory → the directories its lock created
 
 
 def hold_run_dir(run_dir: Path) -> str | None:
@@ -199,10 +201,11 @@ def hold_run_dir(run_dir: Path) -> str | None:
         import fcntl
     except ImportError:
         return None
-    key = run_dir.expanduser().resolve()
+    key = run_dir.resolve()
     if key in _HELD_RUN_DIRS:
         return None
     lock = key / ".hydra" / "zsl-train.lock"
+    created = [d for d in (*reversed(lock.parent.parents), lock.parent) if not d.exists()]  # outermost first
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -221,17 +224,27 @@ def hold_run_dir(run_dir: Path) -> str | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     _HELD_RUN_DIRS[key] = fd
+    _CREATED_FOR_LOCK[key] = created
     return None
 
 
 def release_run_dir(run_dir: Path | None = None) -> None:
     """Give up ``hold_run_dir``'s lock of ``run_dir`` (a finished job: the process may go on to other jobs, or,
     in a test or a notebook, run again), or every lock this process holds (None)."""
-    keys = list(_HELD_RUN_DIRS) if run_dir is None else [run_dir.expanduser().resolve()]
+    keys = list(_HELD_RUN_DIRS) if run_dir is None else [run_dir.resolve()]
     for key in keys:
         fd = _HELD_RUN_DIRS.pop(key, None)
         if fd is not None:
             os.close(fd)
+        created = _CREATED_FOR_LOCK.pop(key, [])
+        lock = key / ".hydra" / "zsl-train.lock"
+        # no job ran there (Hydra refused the command line before writing its .hydra/ files): leave no
+        # directory behind that only the lock made
+        if created and lock.parent.is_dir() and [p.name for p in lock.parent.iterdir()] == [lock.name]:
+            lock.unlink(missing_ok=True)
+            for directory in reversed(created):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()  # (only if empty)
 
 
 def busy_run_dir_message(what: str, pid: str) -> str:
@@ -240,7 +253,7 @@ def busy_run_dir_message(what: str, pid: str) -> str:
 
 
 # environment variables that number a process among several: Lightning's DDP children, torchrun, srun
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
 
 
 def is_secondary_rank(job_name: str = "") -> bool:
@@ -292,7 +305,7 @@ def check_run_dir_disk(argv: list[str]) -> None:
         key, given = "paths.log_dir", _given(argv, "paths.log_dir") or os.environ.get("ZSL_OUTPUT_DIR") or "outputs"
     if "${" in given:
         return  # an interpolation: Hydra resolves it (a full disk then fails in one line at the first write)
-    run_dir = Path(given).expanduser()
+    run_dir = Path(given)  # (as Hydra takes it: no ~ expansion)
     what = f"{key}="
     try:
         check_output_path(run_dir, what, directory=True)

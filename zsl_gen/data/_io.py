@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, IO, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from zsl_gen.errors import WriteError, write_failure
 
@@ -137,10 +137,21 @@ def signals_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(arrived):
+        _restore(list(previous.items()))
+        # SIGTERM first: it ends the process (143) whatever a Ctrl-C alongside would have done
+        for signum in sorted(set(arrived), key=lambda n: n != signal.SIGTERM):
             signal.raise_signal(signum)
+
+
+def _restore(handlers: list[tuple[int, Any]]) -> None:
+    """Put ``handlers`` back, each even if putting back an earlier one raised (``signal.signal`` runs a
+    pending signal's handler first: a Ctrl-C arriving now raises there)."""
+    if handlers:
+        (signum, handler), rest = handlers[0], handlers[1:]
+        try:
+            signal.signal(signum, handler)
+        finally:
+            _restore(rest)
 
 
 def _umask() -> int:

@@ -139,7 +139,7 @@ def unreadable(path: Path) -> DataError:
     """The error for a data file whose permissions keep this user from reading it: the file may well be
     fine, so not the "corrupt, re-download" advice a read failure otherwise gets."""
     try:
-        mode = f"permissions {path.stat().st_mode & 0o777:o}"
+        mode = f"permissions {path.stat().st_mode & 0o777:03o}"
     except OSError:
         mode = "permissions unknown"
     return DataError(f"{path}: not readable by this user ({mode}); make it readable (chmod a+r {path}) or ask "
