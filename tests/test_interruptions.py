@@ -285,6 +285,10 @@ def test_a_second_zsl_train_in_a_running_runs_directory_is_refused_and_touches_n
                               "generator.epochs=1", "selections=[paper]", "logger=none"], tmp_path)
         assert proc.returncode == 1 and f"another zsl-train (pid {holder.pid})" in proc.stderr
         assert not (run / "error.txt").exists() and not (run / "checkpoints").exists()
+        # recorded in the sweep directory, where the launching process's report finds it (a submitit job
+        # runs in another process), and listed at the end
+        assert f"{run}: another zsl-train" in (tmp_path / ".refused-job-0.txt").read_text()
+        assert "1 job(s) failed" in proc.stderr
     finally:
         holder.communicate("", timeout=60)  # ends the holder: the kernel drops its lock
     proc = zsl_train(tmp_path / "second", *TINY, "generator.epochs=1", "selections=[paper]", "logger=none")

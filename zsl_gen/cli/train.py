@@ -46,7 +46,11 @@ def train_app(cfg: DictConfig) -> float:
             if hydra_cfg.mode != RunMode.MULTIRUN:
                 print(f"error: {message}", file=sys.stderr)
                 sys.exit(2)
-            REFUSED_JOBS.append(output_dir)
+            # not error.txt in the held directory (the other run's), but a note in the sweep directory, which
+            # FailedJobsReport reads in the process that launched the sweep (a submitit job runs elsewhere)
+            from zsl_gen.data._io import atomic_write_text
+
+            atomic_write_text(Path(hydra_cfg.sweep.dir) / f"{REFUSED_PREFIX}{hydra_cfg.job.num}.txt", message + "\n")
             print(f"error: job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}) failed: {message}",
                   file=sys.stderr)
             if optuna:
@@ -159,11 +163,12 @@ def lift_default_epoch_cap(overrides: list[str]) -> list[str]:
 
 
 FAILED_JOBS: list[Path] = []  # this process's multirun failures, read by `main` for the exit status
-REFUSED_JOBS: list[Path] = []  # multirun jobs whose directory another process held (no error.txt written there)
+REFUSED_PREFIX = ".refused-job-"  # <sweep dir>/.refused-job-<num>.txt: a job whose directory another run held
 
 
 class FailedJobsReport(Callback):
-    """After a multirun: list the jobs that failed (their directory and the last line of ``error.txt``).
+    """After a multirun: list the jobs that failed (their directory and the last line of ``error.txt``, or of
+    the sweep directory's ``.refused-job-<num>.txt`` for a job whose directory another run held).
 
     Only ``error.txt`` files this multirun wrote count: a sweep dir reused from an earlier, larger sweep
     may still hold old ones, so the files present at the start are remembered (by inode and mtime, no
@@ -176,7 +181,7 @@ class FailedJobsReport(Callback):
     @staticmethod
     def _errors(sweep_dir: str) -> dict[Path, tuple[int, int]]:
         found = {}
-        for path in sorted(Path(sweep_dir).glob("*/error.txt")):
+        for path in sorted([*Path(sweep_dir).glob("*/error.txt"), *Path(sweep_dir).glob(f"{REFUSED_PREFIX}*.txt")]):
             stat = path.stat()
             found[path] = (stat.st_ino, stat.st_mtime_ns)
         return found
@@ -191,8 +196,10 @@ class FailedJobsReport(Callback):
         if failed:
             print(f"{len(failed)} job(s) failed; the others' results are in place:", file=sys.stderr)
             for path in failed:
-                last = (path.read_text().strip().splitlines() or ["(empty error.txt)"])[-1]
-                print(f"  {path.parent}: {last}", file=sys.stderr)
+                last = (path.read_text().strip().splitlines() or [f"(empty {path.name})"])[-1]
+                # (a refused job's line names its directory itself)
+                print(f"  {last}" if path.name.startswith(REFUSED_PREFIX) else f"  {path.parent}: {last}",
+                      file=sys.stderr)
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -260,7 +267,6 @@ def main() -> None:
     # another module object than this `__main__`
     failed = importlib.import_module("zsl_gen.cli.train").FAILED_JOBS
     failed.clear()
-    REFUSED_JOBS.clear()  # (filled by this module's train_app, which is the one called below)
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     try:
@@ -274,7 +280,7 @@ def main() -> None:
         sys.exit(code)  # 128 + the signal, what a shell reports for a process the signal ended
     finally:
         release_run_dir()  # (held before Hydra started, in case Hydra stopped before the job)
-    if failed or REFUSED_JOBS:  # the multirun finished, but not every job did: scripts and CI must see it
+    if failed:  # the multirun finished, but not every job did: scripts and CI must see it
         sys.exit(1)
 
 
