@@ -271,8 +271,8 @@ def main() -> None:
 
     try:
         train_app()
-    # Lightning's SIGTERMException (its own handler's, when ours is not called) is a SystemExit without a
-    # code: the shell, SLURM and CI would read success
+    # Lightning's SIGTERMException (training stopped by its handler, or by train_generator for a SIGTERM after
+    # Lightning's last look) is a SystemExit without a code: the shell, SLURM and CI would read success
     except (SIGTERMException, Terminated, KeyboardInterrupt) as stop:
         how, code = ("interrupted (Ctrl-C)", 130) if isinstance(stop, KeyboardInterrupt) else ("stopped by SIGTERM", 143)
         print(f"error: {how}; the checkpoints of the epochs evaluated so far are kept: resume with "
