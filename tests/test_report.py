@@ -329,3 +329,21 @@ def test_debug_runs_are_noted():
         "overfit_batches", "limit_train_batches"]
     assert debug_settings({"trainer": {"fast_dev_run": False, "limit_train_batches": 1.0, "overfit_batches": 0.0}}) == []
     assert debug_settings({}) == []
+
+
+def test_eszsl_runs_differing_only_in_classifier_settings_it_does_not_use_are_one_setting(tmp_path, capsys):
+    # ESZSL is closed form: the final classifier's epochs or lr never ran; calibration (on its scores) did
+    for name, seed, h, classifier in [("a", 0, 40.0, {"epochs": 25, "lr": 0.001, "calibration": False}),
+                                      ("b", 1, 60.0, {"epochs": 5, "lr": 0.1, "calibration": False}),
+                                      ("c", 0, 70.0, {"epochs": 25, "lr": 0.001, "calibration": True})]:
+        write_run(tmp_path / name, seed=seed, h=h)
+        record = json.loads((tmp_path / name / "results.json").read_text())
+        record["method"] = "eszsl"
+        record["config"]["generator"]["name"] = "eszsl"
+        record["config"]["classifier"] = classifier
+        (tmp_path / name / "results.json").write_text(json.dumps(record))
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| CUB | eszsl | att | val | 2 | 58.00 ± 0.00 | 38.00 ± 0.00 | 50.00 ± 14.14 | 60.00 ± 0.00 | " \
+           "classifier.calibration=false |" in out
+    assert "| CUB | eszsl | att | val | 1 | 58.00 | 38.00 | 70.00 | 60.00 | classifier.calibration=true |" in out

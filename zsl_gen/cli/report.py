@@ -8,8 +8,9 @@ many of them stopped early because their training diverged: their numbers come f
 Rows are grouped by (dataset, method, semantic space, selection) and by the run's setting: its recorded
 ``config`` less the keys that say where or how a run was written rather than what it computed
 (``BOOKKEEPING``: the seed, output and data paths, loggers, resuming, memory tuning, which selections were
-reported), with the generator epochs actually trained (``protocol.generator_epochs``: a schedule of 300 cut
-to 30 by the dataset's cap and 30 asked for are one setting), plus the checksums of its data files (so the
+reported) and, for ESZSL, the classifier settings it never uses (all but ``classifier.calibration*``), with
+the generator epochs actually trained (``protocol.generator_epochs``: a schedule of 300 cut to 30 by the
+dataset's cap and 30 asked for are one setting), plus the checksums of its data files (so the
 same files at two paths are one setting, other files under one dataset name are not: ``data_sha256``; a
 simulated dataset is fixed by its ``dataset.synthetic`` settings instead). Every other key is part of the setting — when in doubt
 a key is, since a row split in two is visible and a wrong average is not: runs of ``generator.epochs=1,2``
@@ -52,6 +53,8 @@ BOOKKEEPING_LEAVES = ("trainer.log_every_n_steps", "trainer.enable_model_summary
                       "dataset.data_dir")  # where the files were: they enter by their checksums
 # the schedule asked for and the dataset's cap on it: the setting has the epochs trained instead
 EPOCH_LEAVES = ("generator.epochs", "dataset.max_generator_epochs")
+# the classifier settings ESZSL reads (calibrated stacking on its scores): its runs differing in the others are one
+ESZSL_CLASSIFIER_KEYS = ("classifier.calibration", "classifier.calibration_gammas")
 MAX_LABEL_KEYS = 6  # a Markdown label names at most this many keys (the CSV names them all)
 # the code a result came from: a row pooling seeds run by different code says so (it is not split: a rerun
 # after an unrelated commit is the same setting)
@@ -93,6 +96,8 @@ def setting_of(record: dict[str, Any], path: Path) -> dict[str, str]:
     setting = {key: json.dumps(value, sort_keys=True)
                for key, value in flatten({k: v for k, v in config.items() if k not in BOOKKEEPING})
                if key not in BOOKKEEPING_LEAVES}
+    if record.get("method") == "eszsl":  # closed form, no final classifier: of its settings only calibration counts
+        setting = {k: v for k, v in setting.items() if not k.startswith("classifier.") or k in ESZSL_CLASSIFIER_KEYS}
     epochs = (record.get("protocol") or {}).get("generator_epochs")
     if epochs is not None:  # 300 capped to 30 and 30 asked for train the same 30 epochs
         setting = {k: v for k, v in setting.items() if k not in EPOCH_LEAVES}
