@@ -77,6 +77,7 @@ def write_failure(path: str | os.PathLike, err: BaseException, *, only_disk: boo
     if not isinstance(err, Exception) or isinstance(err, ZSLGenError):
         return None
     path = Path(path)
+    free = None
     if only_disk:
         if not (isinstance(err, OSError) and err.errno in (*DISK_ERRNOS, *NOT_WRITABLE_ERRNOS, errno.EFBIG)):
             return None
@@ -97,7 +98,7 @@ def write_failure(path: str | os.PathLike, err: BaseException, *, only_disk: boo
     if err.errno in NOT_WRITABLE_ERRNOS:
         return WriteError(f"{path}: could not write it ({err.strerror or err}): write to another directory, or "
                           "make this one writable")
-    free = free_bytes(path)
+    free = free_bytes(path) if free is None else free
     space = "" if free is None else f"; {free / 2**20:.1f} MiB free on that disk"
     return WriteError(f"{path}: could not write it ({err.strerror or err}{space}): check the directory and the "
                       "free space, or write to another directory")

@@ -171,16 +171,17 @@ def check_fresh_run_dir(argv: list[str]) -> None:
     """A single run given ``hydra.run.dir=<dir>`` that already holds a run's results or checkpoints: one error
     line before Hydra starts (Hydra would overwrite that run's ``.hydra/config.yaml`` first, and the two runs'
     checkpoints, splits and logs would mix). Sweeps (``-m``) rerun into their job directories on purpose."""
-    if any(a in ("-m", "--multirun") or a.startswith("hydra.job.name=train_ddp_process") for a in argv):
-        return  # a DDP rank > 0 is started by Lightning into rank 0's run directory
-    given = [a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra.run.dir"]
-    if not given:
+    if any(a in ("-m", "--multirun") for a in argv) or \
+            is_secondary_rank(given_value(argv, "hydra.job.name") or ""):
+        return  # a rank > 0 works in rank 0's run directory
+    given = given_value(argv, "hydra.run.dir")
+    if given is None:
         return  # the default run directory is new (dated)
-    run_dir = Path(given[-1].strip("'\""))  # (as Hydra takes it: no ~ expansion)
+    run_dir = Path(given)  # (as Hydra takes it: no ~ expansion)
     found = [name for name in ("results.json", "checkpoints", "splits", "curves.json", "generator")
              if (run_dir / name).exists()]
     if found:
-        print(f"error: hydra.run.dir={given[-1]}: already holds a run ({', '.join(found)}); give a new directory, or "
+        print(f"error: hydra.run.dir={given}: already holds a run ({', '.join(found)}); give a new directory, or "
               "remove the old run first (to continue it, start a new directory with ckpt_path=<its last.ckpt>)",
               file=sys.stderr)
         sys.exit(2)
@@ -265,7 +266,7 @@ def is_secondary_rank(job_name: str = "") -> bool:
     return any(os.environ.get(var, "0").strip() not in ("", "0") for var in RANK_VARIABLES)
 
 
-def _given(argv: list[str], key: str) -> str | None:
+def given_value(argv: list[str], key: str) -> str | None:
     """The last ``key=<value>`` of the command line (quotes stripped), or None."""
     values = [a.split("=", 1)[1].strip("'\"") for a in argv if "=" in a and override_key(a) == key]
     return values[-1] if values else None
@@ -276,10 +277,10 @@ def hold_given_run_dir(argv: list[str]) -> None:
     overwrite the running one's ``.hydra/config.yaml``; one error line if another process holds it. (Runs in
     Hydra's default dated directory, directories given with interpolations and multirun jobs are locked by
     ``train_app``.)"""
-    job_name = _given(argv, "hydra.job.name") or ""
-    if only_shows(argv) or any(a in ("-m", "--multirun") for a in argv) or is_secondary_rank(job_name):
+    if only_shows(argv) or any(a in ("-m", "--multirun") for a in argv) or \
+            is_secondary_rank(given_value(argv, "hydra.job.name") or ""):
         return
-    given = _given(argv, "hydra.run.dir")
+    given = given_value(argv, "hydra.run.dir")
     if given is not None and "${" not in given:
         other = hold_run_dir(Path(given))
         if other is not None:
@@ -300,9 +301,10 @@ def check_run_dir_disk(argv: list[str]) -> None:
     if only_shows(argv):
         return
     key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
-    given = _given(argv, key)
+    given = given_value(argv, key)
     if given is None:  # the configs' default: under paths.log_dir (conf/paths: $ZSL_OUTPUT_DIR, else outputs/)
-        key, given = "paths.log_dir", _given(argv, "paths.log_dir") or os.environ.get("ZSL_OUTPUT_DIR") or "outputs"
+        key = "paths.log_dir"
+        given = given_value(argv, key) or os.environ.get("ZSL_OUTPUT_DIR") or "outputs"
     if "${" in given:
         return  # an interpolation: Hydra resolves it (a full disk then fails in one line at the first write)
     run_dir = Path(given)  # (as Hydra takes it: no ~ expansion)

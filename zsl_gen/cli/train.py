@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from zsl_gen.cli.common import (EARLIER_RUN, Terminated, busy_run_dir_message, check_fresh_run_dir, check_overrides,
-                                check_run_dir_disk, exit_on_sigterm, hold_given_run_dir, hold_run_dir, is_secondary_rank,
-                                only_shows, override_key, release_run_dir, report_user_errors)
+                                check_run_dir_disk, exit_on_sigterm, given_value, hold_given_run_dir, hold_run_dir,
+                                is_secondary_rank, only_shows, override_key, release_run_dir, report_user_errors)
 from zsl_gen.config import CONF_DIR
 from zsl_gen.errors import ZSLGenError, write_failure
 
@@ -207,7 +207,7 @@ def check_launcher(argv: list[str]) -> None:
     launcher would fail with a long traceback from inside submitit)."""
     if only_shows(argv):
         return  # no job is submitted
-    launcher = next((a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "hydra/launcher"), "")
+    launcher = given_value(argv, "hydra/launcher") or ""
     if "slurm" in launcher and shutil.which("sbatch") is None:
         print(f"error: hydra/launcher={launcher} submits SLURM jobs, but this machine has no `sbatch` (it is not a "
               "SLURM login node): run the sweep there, or here with hydra/launcher=submitit_local or without "
